@@ -1,0 +1,235 @@
+"""End-to-end SCALE-UP evaluation of a trained (backdoored) model on its test set.
+
+``evaluate_detection(ckpt, ...)`` loads a run directory, splits the test set
+into a defender's benign set (``num_defense_per_class`` images per class, used
+only by the data-limited mode) and disjoint evaluation images, stamps the run's
+trigger on every evaluation image whose true label is not the target, scores
+everything with one compiled SCALE-UP function and reports BA, ASR, AUROC and
+TPR at 1%/5% FPR for the data-free (SPC) and data-limited scores, plus
+throughput. Results go to JSON (and a PNG of the score distributions and ROC).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from scaleup_jax import checkpoint as ckpt_lib
+from scaleup_jax import data as data_lib
+from scaleup_jax import poison
+from scaleup_jax import scaleup
+from scaleup_jax.metrics import detection_metrics, roc_points
+from scaleup_jax.validation import InputError
+
+ZOO = Path(__file__).resolve().parents[1] / 'zoo'
+DEFAULT_CKPT = ZOO / 'cifar10_badnets_resnet20'
+MODES = ('data-free', 'data-limited', 'both')
+
+
+@dataclasses.dataclass
+class DetectOptions:
+  """Options of :func:`evaluate_detection` (the flags of ``eval.detect``)."""
+
+  ckpt: str | None = None  # None: the zoo BadNets ResNet-20.
+  data_dir: str | None = None
+  num_images: int = 0  # evaluation images before poisoning; 0 = all remaining.
+  num_defense_per_class: int = 100
+  batch_size: int = 256
+  scales: tuple = scaleup.DEFAULT_SCALES
+  mode: str = 'both'
+  method: str = 'vmap'
+  keep_all_poisoned: bool = False
+  noise_copies: int = 0
+  noise_std: float = 0.05
+  seed: int = 0
+  out: str | None = None  # JSON path; None: runs/detect/<ckpt name>/detect.json
+  plot: bool = True
+  progress: bool = True
+
+
+def split_test_set(key, labels, num_classes, num_defense_per_class, num_images):
+  """Disjoint index sets: the defender's benign images and the evaluation images.
+
+  Returns:
+    ``(defense_idx, eval_idx)``: ``num_defense_per_class`` indices per class
+    (fewer if a class has fewer images) and up to ``num_images`` (0 = all)
+    of the remaining ones, both in a key-determined random order.
+  """
+  perm = np.asarray(jax.random.permutation(key, len(labels)))
+  defense = []
+  for k in range(num_classes):
+    defense.extend(perm[labels[perm] == k][:num_defense_per_class])
+  defense = np.asarray(sorted(defense), np.int64)
+  rest = perm[~np.isin(perm, defense)]
+  if num_images:
+    rest = rest[:num_images]
+  return defense, rest
+
+
+def add_noise_copies(key, images, copies: int, std: float):
+  """``copies`` Gaussian-noised versions of ``images`` (clipped to [0, 1]).
+
+  Returns ``(copies * N, H, W, C)``, ordered copy-major.
+  """
+  noise = np.asarray(jax.random.normal(key, (copies, *images.shape)), np.float32)
+  return np.clip(images[None] + std * noise, 0.0, 1.0).reshape(-1, *images.shape[1:])
+
+
+def evaluate_detection(opts: DetectOptions) -> dict:
+  """Runs SCALE-UP on a run directory's test set; see the module docstring.
+
+  Returns:
+    The result dictionary that is also written to JSON.
+  """
+  if opts.mode not in MODES:
+    raise InputError(f'unknown mode {opts.mode!r}; expected one of {MODES}')
+  if opts.batch_size < 1:
+    raise InputError(f'batch_size must be >= 1, got {opts.batch_size}')
+  if opts.noise_copies < 0 or opts.noise_std < 0:
+    raise InputError(f'noise_copies and noise_std must be >= 0; got {opts.noise_copies}, {opts.noise_std}')
+  scales = scaleup.check_scales(opts.scales)
+  ckpt = Path(opts.ckpt) if opts.ckpt else DEFAULT_CKPT
+  run = ckpt_lib.load_run(ckpt)
+  if run.trigger is None:
+    raise InputError(f'{str(ckpt)!r} is a clean model (no trigger.npz): there is no poisoned test set to detect')
+  cfg = run.config
+  test = data_lib.load_split(cfg.dataset, 'test', opts.data_dir or cfg.get('data_dir'))
+  num_classes = test.num_classes
+
+  k_split, k_noise_b, k_noise_p = jax.random.split(jax.random.key(opts.seed), 3)
+  defense_idx, eval_idx = split_test_set(k_split, test.labels, num_classes,
+                                         opts.num_defense_per_class, opts.num_images)
+  if len(eval_idx) == 0:
+    raise InputError('no evaluation images left after the defender set; lower --num_defense_per_class')
+  benign = test.take(eval_idx)
+  pois_images, pois_true, _ = poison.poisoned_test_set(
+      benign.images, benign.labels, run.trigger, run.target)
+  benign_images, benign_labels = benign.images, benign.labels
+  if opts.noise_copies:
+    benign_images = np.concatenate(
+        [benign_images, add_noise_copies(k_noise_b, benign.images, opts.noise_copies, opts.noise_std)])
+    benign_labels = np.concatenate([benign_labels, np.tile(benign.labels, opts.noise_copies)])
+    pois_images = np.concatenate(
+        [pois_images, add_noise_copies(k_noise_p, pois_images, opts.noise_copies, opts.noise_std)])
+    pois_true = np.concatenate([pois_true, np.tile(pois_true, opts.noise_copies)])
+
+  detect = scaleup.make_detector(run.apply_fn, scales, opts.method)
+  shape = benign.images.shape[1:]
+  run_batches = lambda images, desc: scaleup.detect_batched(
+      detect, images, opts.batch_size, run.variables, shape, opts.progress, desc)
+
+  t0 = time.perf_counter()
+  jax.block_until_ready(detect(run.variables, benign_images[: opts.batch_size]
+                               if len(benign_images) >= opts.batch_size else
+                               np.resize(benign_images, (opts.batch_size, *shape))))
+  compile_s = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  b_pred, b_spc = run_batches(benign_images, 'benign')
+  p_pred, p_spc = run_batches(pois_images, 'poisoned')
+  seconds = time.perf_counter() - t0
+  n_scored = len(benign_images) + len(pois_images)
+
+  ba = float(np.mean(b_pred[: len(benign)] == benign.labels))
+  success = p_pred == run.target
+  asr = float(np.mean(success[: len(pois_true) // (1 + opts.noise_copies)]))
+  keep = np.ones_like(success) if opts.keep_all_poisoned else success
+  if not keep.any():
+    raise InputError('no poisoned image is classified as the target (ASR = 0); '
+                     'pass --keep_all_poisoned to score them anyway')
+
+  result = {
+      'ckpt': str(ckpt), 'attack': cfg.attack, 'model': cfg.model,
+      'target_label': run.target, 'scales': [float(s) for s in scales],
+      'method': opts.method, 'seed': opts.seed, 'ba': ba, 'asr': asr,
+      'num_benign': int(len(benign_images)), 'num_poisoned_total': int(len(pois_images)),
+      'positives': 'all poisoned' if opts.keep_all_poisoned else 'successfully attacked poisoned',
+      'num_positives': int(keep.sum()), 'noise_copies': opts.noise_copies,
+      'noise_std': opts.noise_std if opts.noise_copies else None,
+      'detection': {},
+      'throughput': {'images_per_second': n_scored / seconds, 'seconds': seconds,
+                     'images': n_scored, 'batch_size': opts.batch_size,
+                     'forwards_per_image': 1 + len(scales), 'compile_seconds': compile_s,
+                     'device': jax.devices()[0].device_kind},
+  }
+  scores = {'data-free': (b_spc, p_spc[keep])}
+  if opts.mode in ('data-limited', 'both'):
+    if len(defense_idx) == 0:
+      raise InputError('data-limited mode needs defender images; --num_defense_per_class is 0')
+    d_pred, d_spc = run_batches(test.images[defense_idx], 'defender')
+    stats = scaleup.fit_class_stats(d_spc, d_pred, num_classes, num_scales=len(scales))
+    scores['data-limited'] = (scaleup.data_limited_scores(b_spc, b_pred, stats),
+                              scaleup.data_limited_scores(p_spc, p_pred, stats)[keep])
+    scores['data-limited-global'] = (scaleup.global_scores(b_spc, stats),
+                                     scaleup.global_scores(p_spc, stats)[keep])
+    result['num_defense'] = int(len(defense_idx))
+    result['class_stats'] = {'mean': stats.mean.tolist(), 'std': stats.std.tolist(),
+                             'count': stats.count.tolist(), 'min_std': stats.min_std}
+  if opts.mode == 'data-limited':
+    scores.pop('data-free')
+  for name, (b, p) in scores.items():
+    result['detection'][name] = detection_metrics(b, p)
+
+  out = Path(opts.out) if opts.out else Path('runs/detect') / ckpt.name / 'detect.json'
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2))
+  np.savez_compressed(out.with_suffix('.scores.npz'), benign_spc=b_spc, benign_pred=b_pred,
+                      poisoned_spc=p_spc, poisoned_pred=p_pred, successful=success)
+  result['json_path'] = str(out)
+  if opts.plot:
+    result['plot_path'] = str(plot_scores(scores, out.with_suffix('.png'), ckpt.name))
+  return result
+
+
+def plot_scores(scores: dict, path: Path, title: str) -> Path:
+  """Histogram of benign vs poisoned scores per mode and their ROC curves."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  names = list(scores)
+  fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.4))
+  for ax, name in zip(axes, names):
+    b, p = scores[name]
+    bins = np.linspace(min(b.min(), p.min()), max(b.max(), p.max()) + 1e-6, 25)
+    ax.hist(b, bins, alpha=0.6, density=True, label='benign')
+    ax.hist(p, bins, alpha=0.6, density=True, label='poisoned')
+    ax.set_title(name)
+    ax.set_xlabel('score')
+    ax.legend()
+  roc = axes[-1]
+  for name in names:
+    fpr, tpr = roc_points(*scores[name])
+    roc.plot(fpr, tpr, label=name)
+  roc.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  roc.set_xlabel('false-positive rate')
+  roc.set_ylabel('true-positive rate')
+  roc.set_title('ROC')
+  roc.legend(fontsize=8)
+  fig.suptitle(f'SCALE-UP on {title}')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def format_summary(result: dict) -> str:
+  """A short human-readable table of a result dictionary."""
+  lines = [f"model {result['ckpt']}",
+           f"BA {result['ba']:.4f}   ASR {result['asr']:.4f}   "
+           f"benign {result['num_benign']}  positives {result['num_positives']} "
+           f"({result['positives']})",
+           f"{'mode':<22}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}"]
+  for name, m in result['detection'].items():
+    lines.append(f"{name:<22}{m['auroc']:>8.4f}{m['tpr@0.01fpr']:>9.4f}{m['tpr@0.05fpr']:>9.4f}")
+  t = result['throughput']
+  lines.append(f"throughput {t['images_per_second']:.1f} images/s "
+               f"(batch {t['batch_size']}, {t['forwards_per_image']} forwards each, "
+               f"compile {t['compile_seconds']:.1f}s, {t['device']})")
+  lines.append(f"wrote {result['json_path']}")
+  return '\n'.join(lines)

@@ -1,0 +1,40 @@
+"""Detection metrics: AUROC and true-positive rate at fixed false-positive rates."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from scaleup_jax.scaleup import rates_at_threshold, threshold_for_fpr
+
+
+def detection_metrics(benign_scores, poisoned_scores, fprs=(0.01, 0.05)) -> dict:
+  """AUROC of ``poisoned`` (positives) vs ``benign`` (negatives), and TPR at FPRs.
+
+  Higher scores mean "more likely poisoned". The TPR at a target FPR uses the
+  threshold of :func:`~scaleup_jax.scaleup.threshold_for_fpr` on the benign
+  scores themselves, and reports the FPR actually achieved (ties in discrete
+  scores can keep it below the target).
+  """
+  b = np.asarray(benign_scores, np.float64)
+  p = np.asarray(poisoned_scores, np.float64)
+  if b.size == 0 or p.size == 0:
+    raise ValueError(f'need benign and poisoned scores; got {b.size} and {p.size}')
+  y = np.concatenate([np.zeros(b.size), np.ones(p.size)])
+  s = np.concatenate([b, p])
+  out = {'auroc': float(roc_auc_score(y, s)), 'num_benign': int(b.size),
+         'num_poisoned': int(p.size)}
+  for fpr in fprs:
+    r = rates_at_threshold(b, p, threshold_for_fpr(b, fpr))
+    out[f'tpr@{fpr:g}fpr'] = r['tpr']
+    out[f'achieved_fpr@{fpr:g}fpr'] = r['fpr']
+    out[f'threshold@{fpr:g}fpr'] = r['threshold']
+  return out
+
+
+def roc_points(benign_scores, poisoned_scores):
+  """``(fpr, tpr)`` arrays of the ROC curve."""
+  y = np.concatenate([np.zeros(len(benign_scores)), np.ones(len(poisoned_scores))])
+  s = np.concatenate([benign_scores, poisoned_scores])
+  fpr, tpr, _ = roc_curve(y, s)
+  return fpr, tpr

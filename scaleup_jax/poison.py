@@ -1,0 +1,214 @@
+"""Backdoor poisoning as pure, seeded functions.
+
+A trigger is a pair ``(mask, pattern)`` of arrays of the image shape
+``(H, W, C)`` in ``[0, 1]``; applying it to an image ``x`` gives
+
+    x' = (1 - mask) * x + mask * pattern,
+
+which covers BadNets (a binary patch mask) and Blended (a constant mask equal
+to the blend ratio alpha). Indices to poison are chosen from an explicit PRNG
+key, so the same key gives the same indices and bit-identical images.
+
+References:
+  Gu et al., "BadNets: Identifying Vulnerabilities in the Machine Learning
+  Model Supply Chain", 2017. https://arxiv.org/abs/1708.06733
+  Chen et al., "Targeted Backdoor Attacks on Deep Learning Systems Using Data
+  Poisoning", 2017 (Blended). https://arxiv.org/abs/1712.05526
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CORNERS = ('bottom_right', 'bottom_left', 'top_right', 'top_left')
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+  """A mask-and-pattern trigger; both arrays have the image shape (H, W, C)."""
+
+  mask: np.ndarray
+  pattern: np.ndarray
+
+  def apply(self, images):
+    """Stamps the trigger on ``images`` of shape (..., H, W, C); see :func:`apply_trigger`."""
+    return apply_trigger(images, self.mask, self.pattern)
+
+
+def apply_trigger(images, mask, pattern):
+  """Returns ``(1 - mask) * images + mask * pattern``.
+
+  Args:
+    images: float array ``(..., H, W, C)`` in [0, 1] (numpy or jax).
+    mask: ``(H, W, C)`` in [0, 1]; 1 where the trigger replaces the pixel.
+    pattern: ``(H, W, C)`` in [0, 1].
+
+  Returns:
+    Triggered images of the same shape and dtype as ``images``.
+  """
+  xp = jnp if isinstance(images, jax.Array) else np
+  if images.shape[-3:] != mask.shape or mask.shape != pattern.shape:
+    raise ValueError(
+        f'trigger shapes mask {mask.shape} / pattern {pattern.shape} do not match '
+        f'image shape {images.shape[-3:]}'
+    )
+  out = (1 - mask) * images + mask * pattern
+  return xp.asarray(out, dtype=images.dtype)
+
+
+def badnets_trigger(
+    key: jax.Array,
+    image_shape: Sequence[int] = (32, 32, 3),
+    size: int = 3,
+    corner: str = 'bottom_right',
+    margin: int = 1,
+    pattern: str = 'random',
+) -> Trigger:
+  """A BadNets patch: a ``size`` x ``size`` square at a corner of the image.
+
+  Args:
+    key: PRNG key for the random-valued patch.
+    image_shape: ``(H, W, C)``.
+    size: side of the square patch in pixels.
+    corner: one of :data:`CORNERS`.
+    margin: pixels between the patch and the image border.
+    pattern: ``'random'`` (uniform values, the default: a white 3x3 patch is
+      known to evade SCALE-UP, since amplification leaves white unchanged; see
+      BackdoorBox issue 75), ``'white'`` or ``'checkerboard'``.
+
+  Returns:
+    A :class:`Trigger`.
+  """
+  h, w, c = image_shape
+  if corner not in CORNERS:
+    raise ValueError(f'unknown corner {corner!r}; expected one of {CORNERS}')
+  if not 1 <= size <= min(h, w) - margin:
+    raise ValueError(f'patch size {size} does not fit an image of {h}x{w} with margin {margin}')
+  top = margin if corner.startswith('top') else h - margin - size
+  left = margin if corner.endswith('left') else w - margin - size
+  mask = np.zeros(image_shape, np.float32)
+  mask[top : top + size, left : left + size, :] = 1.0
+  if pattern == 'random':
+    patch = np.asarray(jax.random.uniform(key, (size, size, c)), np.float32)
+  elif pattern == 'white':
+    patch = np.ones((size, size, c), np.float32)
+  elif pattern == 'checkerboard':
+    board = (np.indices((size, size)).sum(0) % 2).astype(np.float32)
+    patch = np.repeat(board[..., None], c, axis=-1)
+  else:
+    raise ValueError(f"unknown patch pattern {pattern!r}; expected 'random', 'white' or 'checkerboard'")
+  full = np.zeros(image_shape, np.float32)
+  full[top : top + size, left : left + size, :] = patch
+  return Trigger(mask, full)
+
+
+def blended_trigger(
+    key: jax.Array,
+    image_shape: Sequence[int] = (32, 32, 3),
+    alpha: float = 0.2,
+    pattern: np.ndarray | None = None,
+) -> Trigger:
+  """A Blended trigger: ``(1 - alpha) * x + alpha * pattern`` over the whole image.
+
+  Args:
+    key: PRNG key for the random pattern (used when ``pattern`` is None).
+    image_shape: ``(H, W, C)``.
+    alpha: blend ratio in [0, 1].
+    pattern: optional ``(H, W, C)`` pattern in [0, 1]; uniform noise by default.
+  """
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f'blend ratio alpha must be in [0, 1], got {alpha}')
+  if pattern is None:
+    pattern = np.asarray(jax.random.uniform(key, tuple(image_shape)), np.float32)
+  pattern = np.asarray(pattern, np.float32)
+  mask = np.full(image_shape, alpha, np.float32)
+  return Trigger(mask, pattern)
+
+
+ATTACKS = {'badnets': badnets_trigger, 'blended': blended_trigger}
+
+
+def make_trigger(name: str, key: jax.Array, image_shape=(32, 32, 3), **kwargs) -> Trigger:
+  """Builds the trigger of attack ``name`` (one of :data:`ATTACKS`)."""
+  if name not in ATTACKS:
+    raise ValueError(f'unknown attack {name!r}; expected one of {sorted(ATTACKS)}')
+  return ATTACKS[name](key, image_shape, **kwargs)
+
+
+def select_poison_indices(
+    key: jax.Array,
+    labels: np.ndarray,
+    rate: float,
+    target: int,
+    source_classes: Sequence[int] | None = None,
+    include_target: bool = False,
+) -> np.ndarray:
+  """Chooses which training examples to poison.
+
+  Exactly ``round(rate * len(labels))`` indices are drawn uniformly without
+  replacement from the candidates: examples whose label is in
+  ``source_classes`` (all classes if None), excluding the target class unless
+  ``include_target``.
+
+  Args:
+    key: PRNG key.
+    labels: ``(N,)`` integer labels.
+    rate: poisoning rate as a fraction of ``N``, in [0, 1].
+    target: target label.
+    source_classes: classes whose images may be poisoned (partial backdoor).
+    include_target: also allow target-class images as candidates.
+
+  Returns:
+    Sorted ``int64`` indices, shape ``(round(rate * N),)``.
+  """
+  labels = np.asarray(labels)
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f'poisoning rate must be in [0, 1], got {rate}')
+  candidate = np.ones(labels.shape, bool)
+  if source_classes is not None:
+    candidate &= np.isin(labels, np.asarray(source_classes))
+  if not include_target:
+    candidate &= labels != target
+  candidates = np.flatnonzero(candidate)
+  n = int(round(rate * len(labels)))
+  if n > len(candidates):
+    raise ValueError(
+        f'poisoning rate {rate} asks for {n} images but only {len(candidates)} '
+        f'candidates match (target={target}, source_classes={source_classes})'
+    )
+  chosen = jax.random.choice(key, len(candidates), (n,), replace=False)
+  return np.sort(candidates[np.asarray(chosen)])
+
+
+def poison_dataset(images, labels, indices, trigger: Trigger, target: int):
+  """Returns copies of ``images``/``labels`` with ``indices`` triggered and relabelled.
+
+  Args:
+    images: ``(N, H, W, C)`` float32 in [0, 1].
+    labels: ``(N,)`` int.
+    indices: indices to poison.
+    trigger: the :class:`Trigger` to stamp.
+    target: label assigned to poisoned examples.
+  """
+  images = np.array(images, copy=True)
+  labels = np.array(labels, copy=True)
+  images[indices] = trigger.apply(images[indices])
+  labels[indices] = target
+  return images, labels
+
+
+def poisoned_test_set(images, labels, trigger: Trigger, target: int):
+  """The poisoned test set: every test image whose true label is not ``target``.
+
+  Returns:
+    ``(poisoned_images, true_labels, indices)`` where ``indices`` index the
+    original test set.
+  """
+  labels = np.asarray(labels)
+  indices = np.flatnonzero(labels != target)
+  return trigger.apply(np.asarray(images)[indices]), labels[indices], indices

@@ -1,0 +1,243 @@
+"""Training a (possibly backdoored) classifier: pure steps and a resumable loop.
+
+``train_and_evaluate(config, workdir)`` poisons the training set as the config
+says, trains with SGD + momentum under a warmup-cosine schedule with random
+crop and flip, saves an orbax checkpoint every epoch (resuming from the last
+one after a kill), and writes benign accuracy (BA) and attack success rate
+(ASR) to ``workdir/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from scaleup_jax import checkpoint as ckpt_lib
+from scaleup_jax import data as data_lib
+from scaleup_jax import models
+from scaleup_jax import poison
+from scaleup_jax.batching import map_batches
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def create_train_state(key, model, image_shape, tx) -> TrainState:
+  """Initialises parameters and batch statistics for ``(1, *image_shape)`` inputs."""
+  variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      tx=tx,
+  )
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with momentum, decoupled-from-loss L2 weight decay, warmup + cosine."""
+  total = config.num_epochs * steps_per_epoch
+  warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=config.learning_rate / 10,
+      peak_value=config.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=max(total, 1),
+      end_value=0.0,
+  )
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+  )
+
+
+def augment(key, images, pad: int = 4):
+  """Random crop after ``pad``-pixel zero padding, and random horizontal flip.
+
+  Args:
+    key: PRNG key.
+    images: ``(B, H, W, C)`` float in [0, 1].
+    pad: padding in pixels on each side before cropping back to ``(H, W)``.
+
+  Returns:
+    Augmented images, same shape.
+  """
+  b, h, w, c = images.shape
+  k_crop, k_flip = jax.random.split(key)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
+
+  def crop(img, off):
+    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+
+  out = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flip[:, None, None, None], out[:, :, ::-1, :], out)
+
+
+def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+  """One SGD step on ``batch = {'image': (B,H,W,C), 'label': (B,)}``."""
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        mutable=['batch_stats'],
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+  return state, metrics
+
+
+def predict_labels(apply_fn, variables, images, batch_size: int = 500, progress=False):
+  """Predicted labels ``(N,)`` for host images ``(N, H, W, C)``, batched and padded."""
+  fn = jax.jit(lambda x: jnp.argmax(apply_fn(variables, x), -1))
+  return map_batches(fn, images, batch_size, desc='predict', progress=progress)
+
+
+def backdoor_metrics(apply_fn, variables, test: data_lib.ImageDataset, trigger, target,
+                     batch_size=500, progress=False) -> dict:
+  """Benign accuracy on ``test`` and, if ``trigger`` is given, attack success rate.
+
+  ASR is the fraction of triggered test images whose true label is not the
+  target that the model assigns to the target.
+  """
+  preds = predict_labels(apply_fn, variables, test.images, batch_size, progress)
+  out = {'ba': float(np.mean(preds == test.labels)), 'num_test': int(len(test))}
+  if trigger is not None:
+    poisoned, _, _ = poison.poisoned_test_set(test.images, test.labels, trigger, target)
+    ppreds = predict_labels(apply_fn, variables, poisoned, batch_size, progress)
+    out['asr'] = float(np.mean(ppreds == target))
+    out['num_poisoned_test'] = int(len(poisoned))
+  return out
+
+
+def prepare_data(config, key):
+  """Loads the splits and poisons the training set.
+
+  Returns:
+    ``(train, test, trigger, poison_indices)``; ``trigger`` is None for a clean run.
+  """
+  train = data_lib.load_split(config.dataset, 'train', config.data_dir,
+                              max_examples=config.max_train_examples or None)
+  test = data_lib.load_split(config.dataset, 'test', config.data_dir,
+                             max_examples=config.max_test_examples or None)
+  if config.attack == 'none':
+    return train, test, None, np.zeros((0,), np.int64)
+  k_trigger, k_poison = jax.random.split(key)
+  trigger = poison.make_trigger(config.attack, k_trigger, train.images.shape[1:],
+                                **config.attack_kwargs.to_dict())
+  sources = tuple(config.source_classes) if config.source_classes else None
+  idx = poison.select_poison_indices(k_poison, train.labels, config.poison_rate,
+                                     config.target_label, sources)
+  images, labels = poison.poison_dataset(train.images, train.labels, idx, trigger,
+                                         config.target_label)
+  return data_lib.ImageDataset(images, labels, train.num_classes), test, trigger, idx
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per ``config``, checkpointing to ``workdir``; returns the final metrics.
+
+  Resumes from the latest checkpoint in ``workdir`` if there is one. Writes
+  ``config.json``, ``trigger.npz`` (mask, pattern, poison indices, target),
+  ``checkpoints/`` and, at the end, ``metrics.json``.
+  """
+  workdir = Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  t_start = time.time()
+  root = jax.random.key(config.seed)
+  k_data, k_init, k_train = jax.random.split(root, 3)
+
+  train, test, trigger, poison_idx = prepare_data(config, k_data)
+  ckpt_lib.save_run_files(workdir, config, trigger, poison_idx)
+
+  model = models.get_model(config.model, train.num_classes)
+  steps_per_epoch = len(train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the {len(train)} training images')
+  tx = make_optimizer(config, steps_per_epoch)
+  state = create_train_state(k_init, model, train.images.shape[1:], tx)
+
+  manager = ckpt_lib.checkpoint_manager(workdir)
+  start_epoch, history, elapsed = 0, [], 0.0
+  if manager.latest_step() is not None:
+    state, extra = ckpt_lib.restore_train_state(manager, state)
+    start_epoch, history = extra['epoch'], extra['history']
+    elapsed = extra.get('train_seconds', 0.0)
+    print(f'Resuming from epoch {start_epoch} in {workdir}', flush=True)
+
+  jit_step = jax.jit(train_step, donate_argnums=0)
+  jit_augment = jax.jit(augment)
+  apply_eval = functools.partial(model.apply, train=False)
+  quick_test = test.take(np.arange(min(len(test), config.eval_subset)))
+
+  for epoch in range(start_epoch, config.num_epochs):
+    t0 = time.time()
+    k_epoch = jax.random.fold_in(k_train, epoch)
+    k_perm, k_aug = jax.random.split(k_epoch)
+    perm = np.asarray(jax.random.permutation(k_perm, len(train)))
+    bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
+               unit='step', disable=not config.progress, dynamic_ncols=True)
+    sums = {'loss': 0.0, 'accuracy': 0.0}
+    for step in bar:
+      idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+      images = jit_augment(jax.random.fold_in(k_aug, step), train.images[idx])
+      state, metrics = jit_step(state, {'image': images, 'label': train.labels[idx]})
+      if step % config.log_every == 0 or step == steps_per_epoch - 1:
+        metrics = jax.device_get(metrics)
+        for k in sums:
+          sums[k] = metrics[k]
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    quick = backdoor_metrics(apply_eval, variables, quick_test, trigger, config.target_label)
+    elapsed += time.time() - t0
+    record = {'epoch': epoch + 1, 'train_loss': float(sums['loss']),
+              'train_accuracy': float(sums['accuracy']), 'seconds': elapsed, **quick}
+    history.append(record)
+    print(json.dumps(record), flush=True)
+    ckpt_lib.save_train_state(manager, epoch + 1, state,
+                              {'epoch': epoch + 1, 'history': history, 'train_seconds': elapsed})
+  manager.wait_until_finished()
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  final = backdoor_metrics(apply_eval, variables, test, trigger, config.target_label,
+                           progress=config.progress)
+  metrics = {
+      **final,
+      'model': config.model,
+      'attack': config.attack,
+      'target_label': int(config.target_label),
+      'poison_rate': float(config.poison_rate),
+      'num_poisoned_train': int(len(poison_idx)),
+      'num_train': int(len(train)),
+      'epochs': int(config.num_epochs),
+      'train_seconds': round(elapsed, 1),
+      'train_images_per_second': round(
+          steps_per_epoch * config.batch_size * config.num_epochs / max(elapsed, 1e-9), 1),
+      'command': ' '.join([os.path.basename(sys.executable), '-m', 'train.main'] + sys.argv[1:]),
+      'jax_version': jax.__version__,
+      'device': jax.devices()[0].device_kind,
+      'history': history,
+  }
+  (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+  print(f"BA {final['ba']:.4f}" + (f"  ASR {final['asr']:.4f}" if 'asr' in final else ''),
+        flush=True)
+  return metrics
