@@ -1,0 +1,102 @@
+"""Run directories and the eval.detect entry point: loading, bad input, smoke run."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, requires_cifar
+from scaleup_jax import checkpoint, data, train
+from scaleup_jax.checkpoint import CheckpointError
+from train.configs import badnets_resnet20
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+  work = tmp_path_factory.mktemp('quick') / 'run'
+  config = badnets_resnet20.get_config('quick')
+  train.train_and_evaluate(config, str(work))
+  return work
+
+
+def test_missing_dataset_error_names_the_place(tmp_path):
+  with pytest.raises(data.DatasetNotFoundError, match=str(tmp_path)):
+    data.load_split('cifar10', 'test', data_dir=tmp_path)
+
+
+@requires_cifar
+def test_load_split_dtype_and_range(cifar_test_small):
+  d = cifar_test_small
+  assert d.images.shape == (256, 32, 32, 3) and d.images.dtype == np.float32
+  assert 0.0 <= d.images.min() and d.images.max() <= 1.0 and d.num_classes == 10
+
+
+@requires_cifar
+def test_load_run_round_trip(quick_run):
+  run = checkpoint.load_run(quick_run, num_classes=10)
+  assert run.trigger is not None and run.target == 0 and run.metrics['epochs'] == 1
+  logits = run.apply_fn(run.variables, np.zeros((2, 32, 32, 3), np.float32))
+  assert logits.shape == (2, 10)
+
+
+@requires_cifar
+def test_load_run_errors(quick_run, tmp_path):
+  with pytest.raises(CheckpointError, match='does not exist'):
+    checkpoint.load_run(tmp_path / 'nope')
+  with pytest.raises(CheckpointError, match='no config.json'):
+    checkpoint.load_run(tmp_path)
+  with pytest.raises(CheckpointError, match='has 10 classes, expected 100'):
+    checkpoint.load_run(quick_run, num_classes=100)
+  # A copy with its array data removed is corrupt, and says so.
+  broken = tmp_path / 'broken'
+  shutil.copytree(quick_run, broken)
+  for f in (broken / 'checkpoints').rglob('*'):
+    if f.is_file() and 'd' in f.parent.name and f.parent.name != 'extra':
+      f.write_bytes(b'garbage')
+  with pytest.raises(CheckpointError, match='corrupt or unreadable checkpoint'):
+    checkpoint.load_run(broken)
+  # No checkpoint step at all.
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  shutil.copy(quick_run / 'config.json', empty / 'config.json')
+  with pytest.raises(CheckpointError, match='no checkpoint found'):
+    checkpoint.load_run(empty)
+
+
+def run_detect(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'eval.detect', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@requires_cifar
+def test_detect_cli_smoke(quick_run, tmp_path):
+  out = tmp_path / 'res.json'
+  r = run_detect('--ckpt', str(quick_run), '--num_images', '64', '--batch_size', '32',
+                 '--num_defense_per_class', '5', '--out', str(out), '--noprogress',
+                 '--noise_copies', '1')
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert set(res['detection']) == {'data-free', 'data-limited', 'data-limited-global'}
+  assert res['num_benign'] == 128 and res['num_defense'] == 50
+  assert res['detection']['data-free']['auroc'] == pytest.approx(
+      res['detection']['data-limited-global']['auroc'])
+  assert res['throughput']['images_per_second'] > 0
+  assert out.with_suffix('.png').is_file()
+  assert 'AUROC' in r.stdout
+
+
+@requires_cifar
+@pytest.mark.parametrize('args, message', [
+    (['--mode', 'data-rich'], "unknown mode 'data-rich'"),
+    (['--scales', '3,0.5'], 'scales must be >= 1'),
+    (['--ckpt', '/nonexistent/ckpt'], "'/nonexistent/ckpt' does not exist"),
+])
+def test_detect_cli_bad_input_is_one_line(quick_run, args, message):
+  base = ['--ckpt', str(quick_run)] if '--ckpt' not in args else []
+  r = run_detect(*base, *args, '--num_images', '16', '--noprogress', '--noplot', timeout=120)
+  assert r.returncode == 2
+  assert message in r.stderr and 'Traceback' not in r.stderr
