@@ -18,6 +18,7 @@ from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of a trained model (default: zoo BadNets ResNet-20).')
 flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+flags.DEFINE_bool('download', False, 'Let tfds download the dataset if it is absent (needs network).')
 flags.DEFINE_integer('num_images', 0, 'Evaluation images taken from the test set (0 = all not held by the defender).')
 flags.DEFINE_integer('num_defense_per_class', 100, 'Benign images per class for the data-limited statistics.')
 flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
@@ -44,7 +45,7 @@ def main(argv):
     except ValueError:
       raise ValueError(f'--scales must be numbers; got {FLAGS.scales}') from None
     opts = evaluate.DetectOptions(
-        ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, num_images=FLAGS.num_images,
+        ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, download=FLAGS.download, num_images=FLAGS.num_images,
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         scales=scales, mode=FLAGS.mode, method=FLAGS.method,
         keep_all_poisoned=FLAGS.keep_all_poisoned, noise_copies=FLAGS.noise_copies,

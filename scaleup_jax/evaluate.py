@@ -37,6 +37,7 @@ class DetectOptions:
 
   ckpt: str | None = None  # None: the zoo BadNets ResNet-20.
   data_dir: str | None = None
+  download: bool = False  # let tfds download CIFAR-10 if absent (network needed)
   num_images: int = 0  # evaluation images before poisoning; 0 = all remaining.
   num_defense_per_class: int = 100
   batch_size: int = 256
@@ -98,7 +99,8 @@ def evaluate_detection(opts: DetectOptions) -> dict:
   if run.trigger is None:
     raise InputError(f'{str(ckpt)!r} is a clean model (no trigger.npz): there is no poisoned test set to detect')
   cfg = run.config
-  test = data_lib.load_split(cfg.dataset, 'test', opts.data_dir or cfg.get('data_dir'))
+  test = data_lib.load_split(cfg.dataset, 'test', opts.data_dir or cfg.get('data_dir'),
+                            download=opts.download)
   num_classes = test.num_classes
 
   k_split, k_noise_b, k_noise_p = jax.random.split(jax.random.key(opts.seed), 3)

@@ -136,10 +136,10 @@ def prepare_data(config, key):
   Returns:
     ``(train, test, trigger, poison_indices)``; ``trigger`` is None for a clean run.
   """
-  train = data_lib.load_split(config.dataset, 'train', config.data_dir,
-                              max_examples=config.max_train_examples or None)
-  test = data_lib.load_split(config.dataset, 'test', config.data_dir,
-                             max_examples=config.max_test_examples or None)
+  load = functools.partial(data_lib.load_split, config.dataset, data_dir=config.data_dir,
+                           download=config.get('download', False))
+  train = load('train', max_examples=config.max_train_examples or None)
+  test = load('test', max_examples=config.max_test_examples or None)
   if config.attack == 'none':
     return train, test, None, np.zeros((0,), np.int64)
   k_trigger, k_poison = jax.random.split(key)
