@@ -109,16 +109,15 @@ def evaluate_detection(opts: DetectOptions) -> dict:
   if len(eval_idx) == 0:
     raise InputError('no evaluation images left after the defender set; lower --num_defense_per_class')
   benign = test.take(eval_idx)
-  pois_images, pois_true, _ = poison.poisoned_test_set(
+  pois_images, _, _ = poison.poisoned_test_set(
       benign.images, benign.labels, run.trigger, run.target)
-  benign_images, benign_labels = benign.images, benign.labels
+  num_poisoned = len(pois_images)  # before noise copies
+  benign_images = benign.images
   if opts.noise_copies:
     benign_images = np.concatenate(
         [benign_images, add_noise_copies(k_noise_b, benign.images, opts.noise_copies, opts.noise_std)])
-    benign_labels = np.concatenate([benign_labels, np.tile(benign.labels, opts.noise_copies)])
     pois_images = np.concatenate(
         [pois_images, add_noise_copies(k_noise_p, pois_images, opts.noise_copies, opts.noise_std)])
-    pois_true = np.concatenate([pois_true, np.tile(pois_true, opts.noise_copies)])
 
   detect = scaleup.make_detector(run.apply_fn, scales, opts.method)
   shape = benign.images.shape[1:]
@@ -139,7 +138,7 @@ def evaluate_detection(opts: DetectOptions) -> dict:
 
   ba = float(np.mean(b_pred[: len(benign)] == benign.labels))
   success = p_pred == run.target
-  asr = float(np.mean(success[: len(pois_true) // (1 + opts.noise_copies)]))
+  asr = float(np.mean(success[:num_poisoned]))
   keep = np.ones_like(success) if opts.keep_all_poisoned else success
   if not keep.any():
     raise InputError('no poisoned image is classified as the target (ASR = 0); '
