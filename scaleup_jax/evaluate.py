@@ -225,9 +225,10 @@ def format_summary(result: dict) -> str:
            f"BA {result['ba']:.4f}   ASR {result['asr']:.4f}   "
            f"benign {result['num_benign']}  positives {result['num_positives']} "
            f"({result['positives']})",
-           f"{'mode':<22}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}"]
+           f"{'mode':<22}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}   (ROC-interpolated: @1%  @5%)"]
   for name, m in result['detection'].items():
-    lines.append(f"{name:<22}{m['auroc']:>8.4f}{m['tpr@0.01fpr']:>9.4f}{m['tpr@0.05fpr']:>9.4f}")
+    lines.append(f"{name:<22}{m['auroc']:>8.4f}{m['tpr@0.01fpr']:>9.4f}{m['tpr@0.05fpr']:>9.4f}"
+                 f"{m['tpr@0.01fpr_interp']:>24.4f}{m['tpr@0.05fpr_interp']:>7.4f}")
   t = result['throughput']
   lines.append(f"throughput {t['images_per_second']:.1f} images/s "
                f"(batch {t['batch_size']}, {t['forwards_per_image']} forwards each, "

@@ -14,7 +14,11 @@ def detection_metrics(benign_scores, poisoned_scores, fprs=(0.01, 0.05)) -> dict
   Higher scores mean "more likely poisoned". The TPR at a target FPR uses the
   threshold of :func:`~scaleup_jax.scaleup.threshold_for_fpr` on the benign
   scores themselves, and reports the FPR actually achieved (ties in discrete
-  scores can keep it below the target).
+  scores can keep it below the target, and then the TPR too: with SPC, if more
+  than 5% of benign images have SPC = 1, no deterministic threshold reaches 5%
+  FPR with a non-zero TPR). ``tpr@Xfpr_interp`` is the ROC curve interpolated
+  at exactly X, i.e. the rate a randomised tie-break at the threshold achieves,
+  which is what most papers plot.
   """
   b = np.asarray(benign_scores, np.float64)
   p = np.asarray(poisoned_scores, np.float64)
@@ -29,6 +33,9 @@ def detection_metrics(benign_scores, poisoned_scores, fprs=(0.01, 0.05)) -> dict
     out[f'tpr@{fpr:g}fpr'] = r['tpr']
     out[f'achieved_fpr@{fpr:g}fpr'] = r['fpr']
     out[f'threshold@{fpr:g}fpr'] = r['threshold']
+  roc_fpr, roc_tpr, _ = roc_curve(y, s)
+  for fpr in fprs:
+    out[f'tpr@{fpr:g}fpr_interp'] = float(np.interp(fpr, roc_fpr, roc_tpr))
   return out
 
 

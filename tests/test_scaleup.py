@@ -175,3 +175,14 @@ def test_threshold_for_fpr(scores, fpr, threshold, achieved):
   t = scaleup.threshold_for_fpr(scores, fpr)
   assert t == pytest.approx(threshold)
   assert np.mean(np.asarray(scores) > t) == pytest.approx(achieved)
+
+
+def test_interpolated_tpr_with_tied_scores():
+  from scaleup_jax.metrics import detection_metrics
+  # 10% of benign at SPC 1, all poisoned at 1: no deterministic threshold gives 5% FPR and
+  # TPR > 0, but the ROC at 5% FPR (randomised tie-break) reaches TPR 0.5.
+  benign = np.r_[np.zeros(90), np.ones(10)]
+  m = detection_metrics(benign, np.ones(50))
+  assert m['tpr@0.05fpr'] == 0.0 and m['achieved_fpr@0.05fpr'] == 0.0
+  assert m['tpr@0.05fpr_interp'] == pytest.approx(0.5)
+  assert m['auroc'] == pytest.approx(0.95)
