@@ -3,7 +3,7 @@
 A run directory (also a model-zoo entry) holds::
 
     config.json      the training config (ml_collections, as JSON)
-    trigger.npz      mask, pattern, target and poisoned indices (absent if clean)
+    trigger.npz      trigger kind and arrays, target, poisoned indices (absent if clean)
     metrics.json     BA / ASR and training history (written when training ends)
     checkpoints/<epoch>/   orbax checkpoint with items 'model' and 'train'
 
@@ -24,22 +24,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from scaleup_jax import models
-from scaleup_jax.poison import Trigger
+from scaleup_jax.poison import TriggerLike, load_trigger, save_trigger
 
 
 class CheckpointError(ValueError):
   """A checkpoint directory is missing, incomplete, corrupt or incompatible."""
 
 
-def save_run_files(workdir: Path, config, trigger: Trigger | None, poison_indices) -> None:
+def save_run_files(workdir: Path, config, trigger: TriggerLike | None, poison_indices) -> None:
   """Writes ``config.json`` and (for attacks) ``trigger.npz`` into ``workdir``."""
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   if trigger is not None:
-    tmp = workdir / 'trigger.tmp.npz'
-    np.savez_compressed(tmp, mask=trigger.mask, pattern=trigger.pattern,
-                        target=np.int64(config.target_label),
-                        poison_indices=np.asarray(poison_indices, np.int64))
-    tmp.replace(workdir / 'trigger.npz')
+    save_trigger(workdir / 'trigger.npz', trigger, config.target_label, poison_indices)
 
 
 def checkpoint_manager(workdir: Path, max_to_keep: int = 1) -> ocp.CheckpointManager:
@@ -90,7 +86,7 @@ class LoadedRun:
   model: models.ResNet
   variables: Any
   config: ml_collections.ConfigDict
-  trigger: Trigger | None
+  trigger: TriggerLike | None
   target: int | None
   metrics: dict | None
   path: Path
@@ -134,9 +130,7 @@ def load_run(path, num_classes: int | None = None) -> LoadedRun:
   trig_file = path / 'trigger.npz'
   if trig_file.is_file():
     try:
-      with np.load(trig_file) as z:
-        trigger = Trigger(z['mask'], z['pattern'])
-        target = int(z['target'])
+      trigger, target = load_trigger(trig_file)
     except Exception as e:  # zip/npz errors come in many types.
       raise CheckpointError(f'corrupt trigger file {str(trig_file)!r}: {e}') from None
 
@@ -158,7 +152,7 @@ def load_run(path, num_classes: int | None = None) -> LoadedRun:
         f'checkpoint {str(path)!r} has {stored_classes} classes, expected {num_classes}')
 
   model = models.get_model(config.model, stored_classes)
-  image_shape = tuple(trigger.mask.shape) if trigger is not None else (32, 32, 3)
+  image_shape = tuple(config.get('image_shape', (32, 32, 3)))
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                np.zeros((1, *image_shape), np.float32)))
   want = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), dict(abstract))

@@ -19,7 +19,9 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,16 +30,122 @@ import numpy as np
 CORNERS = ('bottom_right', 'bottom_left', 'top_right', 'top_left')
 
 
+class TriggerLike(Protocol):
+  """What every trigger provides (mask/pattern, warp, additive, encoder, ...).
+
+  ``apply`` maps images ``(..., H, W, C)`` in [0, 1] to triggered images of the
+  same shape and dtype (numpy in, numpy out; jax in, jax out, jittable);
+  ``arrays`` returns every array needed to rebuild it with
+  ``from_arrays``; ``kind`` names the class in :data:`TRIGGER_KINDS`.
+  """
+
+  kind: ClassVar[str]
+
+  def apply(self, images): ...
+
+  def arrays(self) -> dict[str, np.ndarray]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Trigger:
   """A mask-and-pattern trigger; both arrays have the image shape (H, W, C)."""
 
+  kind: ClassVar[str] = 'mask'
   mask: np.ndarray
   pattern: np.ndarray
 
   def apply(self, images):
     """Stamps the trigger on ``images`` of shape (..., H, W, C); see :func:`apply_trigger`."""
     return apply_trigger(images, self.mask, self.pattern)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {'mask': np.asarray(self.mask), 'pattern': np.asarray(self.pattern)}
+
+  @classmethod
+  def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> 'Trigger':
+    return cls(np.asarray(arrays['mask'], np.float32), np.asarray(arrays['pattern'], np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTrigger:
+  """Several triggers for one target; ``apply`` stamps trigger ``i`` on image ``i % k``.
+
+  Used for the "several triggers, one target" configuration: at test time the
+  poisoned set cycles through the triggers so each is measured.
+  """
+
+  kind: ClassVar[str] = 'multi'
+  triggers: tuple
+
+  def apply(self, images):
+    xp = jnp if isinstance(images, jax.Array) else np
+    if images.ndim == 3:
+      return self.triggers[0].apply(images)
+    n, k = images.shape[0], len(self.triggers)
+    outs = [t.apply(images) for t in self.triggers]
+    which = (np.arange(n) % k).reshape(-1, *([1] * (images.ndim - 1)))
+    out = outs[0]
+    for i in range(1, k):
+      out = xp.where(which == i, outs[i], out)
+    return out
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    out = {'num_triggers': np.int64(len(self.triggers))}
+    for i, t in enumerate(self.triggers):
+      out[f'{i}:kind'] = np.asarray(t.kind)
+      out.update({f'{i}:{k}': v for k, v in t.arrays().items()})
+    return out
+
+  @classmethod
+  def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> 'MultiTrigger':
+    triggers = []
+    for i in range(int(arrays['num_triggers'])):
+      sub = {k.split(':', 1)[1]: v for k, v in arrays.items() if k.startswith(f'{i}:')}
+      triggers.append(trigger_from_arrays(sub))
+    return cls(tuple(triggers))
+
+
+# kind -> 'module:Class'; classes outside this module are imported on first use.
+TRIGGER_KINDS = {
+    'mask': 'scaleup_jax.poison:Trigger',
+    'multi': 'scaleup_jax.poison:MultiTrigger',
+    'warp': 'scaleup_jax.attacks.wanet:WarpTrigger',
+    'additive': 'scaleup_jax.attacks.adversarial:AdditiveTrigger',
+    'encoder': 'scaleup_jax.attacks.issba:EncoderTrigger',
+}
+
+
+def trigger_from_arrays(arrays: Mapping[str, Any]):
+  """Rebuilds a trigger from its ``arrays()`` plus ``'kind'`` (default ``'mask'``)."""
+  kind = str(np.asarray(arrays.get('kind', 'mask')))
+  if kind not in TRIGGER_KINDS:
+    raise ValueError(f'unknown trigger kind {kind!r}; expected one of {sorted(TRIGGER_KINDS)}')
+  module, name = TRIGGER_KINDS[kind].split(':')
+  cls = getattr(importlib.import_module(module), name)
+  return cls.from_arrays({k: v for k, v in arrays.items() if k != 'kind'})
+
+
+def save_trigger(path, trigger, target: int, poison_indices=(), **extra) -> None:
+  """Writes ``trigger`` (any kind), the target and poisoned indices to ``path`` (.npz).
+
+  Written to a temporary file first and renamed, so a crash never leaves a
+  half-written file in place of a good one.
+  """
+  path = Path(path)
+  tmp = path.with_name(path.stem + '.tmp.npz')
+  np.savez_compressed(tmp, kind=np.asarray(trigger.kind), target=np.int64(target),
+                      poison_indices=np.asarray(poison_indices, np.int64),
+                      **trigger.arrays(), **extra)
+  tmp.replace(path)
+
+
+def load_trigger(path):
+  """Reads a file written by :func:`save_trigger`; returns ``(trigger, target)``."""
+  with np.load(path, allow_pickle=False) as z:
+    arrays = {k: z[k] for k in z.files}
+  target = int(arrays.pop('target'))
+  arrays.pop('poison_indices', None)
+  return trigger_from_arrays(arrays), target
 
 
 def apply_trigger(images, mask, pattern):
@@ -130,13 +238,14 @@ def blended_trigger(
   return Trigger(mask, pattern)
 
 
+# Trigger factories that need no model; the full attack recipes are in scaleup_jax.attacks.
 ATTACKS = {'badnets': badnets_trigger, 'blended': blended_trigger}
 
 
 def make_trigger(name: str, key: jax.Array, image_shape=(32, 32, 3), **kwargs) -> Trigger:
-  """Builds the trigger of attack ``name`` (one of :data:`ATTACKS`)."""
+  """Builds the trigger of ``name`` (one of :data:`ATTACKS`)."""
   if name not in ATTACKS:
-    raise ValueError(f'unknown attack {name!r}; expected one of {sorted(ATTACKS)}')
+    raise ValueError(f'unknown trigger {name!r}; expected one of {sorted(ATTACKS)}')
   return ATTACKS[name](key, image_shape, **kwargs)
 
 

@@ -25,6 +25,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from scaleup_jax import attacks
 from scaleup_jax import checkpoint as ckpt_lib
 from scaleup_jax import data as data_lib
 from scaleup_jax import models
@@ -88,23 +89,55 @@ def augment(key, images, pad: int = 4):
   return jnp.where(flip[:, None, None, None], out[:, :, ::-1, :], out)
 
 
-def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
-  """One SGD step on ``batch = {'image': (B,H,W,C), 'label': (B,)}``."""
+def train_step(state: TrainState, batch, adaptive: attacks.AdaptiveLoss | None = None
+               ) -> tuple[TrainState, dict]:
+  """One SGD step on ``batch = {'image': (B,H,W,C), 'label': (B,)}``.
+
+  With ``adaptive`` (the adaptive attack, SCALE-UP Eq. 5) the batch also holds
+  ``'flag'`` ``(B,)``, ``'true_label'`` ``(B,)`` and ``'key'``; scaled copies
+  of its poisoned rows (:func:`scaleup_jax.attacks.adaptive_rows`) join the
+  forward pass with their true labels, weighted by ``adaptive.weight``.
+  """
+  images, labels = batch['image'], batch['label']
+  b = images.shape[0]
+  weights = jnp.ones((b,), jnp.float32) / b
+  if adaptive is not None:
+    extra, extra_labels, valid = attacks.adaptive_rows(
+        batch['key'], images, batch['flag'], batch['true_label'], adaptive)
+    images = jnp.concatenate([images, extra])
+    labels = jnp.concatenate([labels, extra_labels])
+    weights = jnp.concatenate([weights, valid * (adaptive.weight / b)])
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats},
-        batch['image'],
+        images,
         train=True,
         mutable=['batch_stats'],
     )
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-    return loss, (logits, updates)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(weights * ce), (logits, ce, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, ce, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
-  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+  correct = jnp.argmax(logits[:b], -1) == labels[:b]
+  metrics = {'loss': jnp.mean(ce[:b]), 'accuracy': jnp.mean(correct)}
+  if adaptive is not None:
+    n_valid = jnp.maximum(jnp.sum(valid), 1)
+    metrics['adaptive_loss'] = jnp.sum(jnp.where(valid, ce[b:], 0.0)) / n_valid
   return state, metrics
+
+
+def make_batch_prep(batch_transform=None):
+  """``prep(key, images, flags) -> images``: crop/flip, then the attack's batch transform."""
+
+  def prep(key, images, flags):
+    images = augment(key, images)
+    if batch_transform is not None:
+      images = batch_transform(jax.random.fold_in(key, 1), images, flags)
+    return images
+
+  return prep
 
 
 def predict_labels(apply_fn, variables, images, batch_size: int = 500, progress=False):
@@ -130,27 +163,18 @@ def backdoor_metrics(apply_fn, variables, test: data_lib.ImageDataset, trigger, 
   return out
 
 
-def prepare_data(config, key):
-  """Loads the splits and poisons the training set.
+def prepare_data(config, key, workdir=None):
+  """Loads the splits and poisons the training set (:func:`attacks.build_poisoning`).
 
   Returns:
-    ``(train, test, trigger, poison_indices)``; ``trigger`` is None for a clean run.
+    ``(poisoning, test)``; ``poisoning.trigger`` is None for a clean run.
   """
+  attacks.check_attack_name(config.attack)
   load = functools.partial(data_lib.load_split, config.dataset, data_dir=config.data_dir,
                            download=config.get('download', False))
   train = load('train', max_examples=config.max_train_examples or None)
   test = load('test', max_examples=config.max_test_examples or None)
-  if config.attack == 'none':
-    return train, test, None, np.zeros((0,), np.int64)
-  k_trigger, k_poison = jax.random.split(key)
-  trigger = poison.make_trigger(config.attack, k_trigger, train.images.shape[1:],
-                                **config.attack_kwargs.to_dict())
-  sources = tuple(config.source_classes) if config.source_classes else None
-  idx = poison.select_poison_indices(k_poison, train.labels, config.poison_rate,
-                                     config.target_label, sources)
-  images, labels = poison.poison_dataset(train.images, train.labels, idx, trigger,
-                                         config.target_label)
-  return data_lib.ImageDataset(images, labels, train.num_classes), test, trigger, idx
+  return attacks.build_poisoning(key, train, config, workdir), test
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -166,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   root = jax.random.key(config.seed)
   k_data, k_init, k_train = jax.random.split(root, 3)
 
-  train, test, trigger, poison_idx = prepare_data(config, k_data)
+  poisoning, test = prepare_data(config, k_data, workdir)
+  train, trigger, poison_idx = poisoning.train, poisoning.trigger, poisoning.poison_indices
   ckpt_lib.save_run_files(workdir, config, trigger, poison_idx)
 
   model = models.get_model(config.model, train.num_classes)
@@ -184,8 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elapsed = extra.get('train_seconds', 0.0)
     print(f'Resuming from epoch {start_epoch} in {workdir}', flush=True)
 
-  jit_step = jax.jit(train_step, donate_argnums=0)
-  jit_augment = jax.jit(augment)
+  jit_step = jax.jit(functools.partial(train_step, adaptive=poisoning.adaptive), donate_argnums=0)
+  jit_prep = jax.jit(make_batch_prep(poisoning.batch_transform))
   apply_eval = functools.partial(model.apply, train=False)
   quick_test = test.take(np.arange(min(len(test), config.eval_subset)))
 
@@ -196,21 +221,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     perm = np.asarray(jax.random.permutation(k_perm, len(train)))
     bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
                unit='step', disable=not config.progress, dynamic_ncols=True)
-    sums = {'loss': 0.0, 'accuracy': 0.0}
+    sums = {}
     for step in bar:
       idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
-      images = jit_augment(jax.random.fold_in(k_aug, step), train.images[idx])
-      state, metrics = jit_step(state, {'image': images, 'label': train.labels[idx]})
+      k_step = jax.random.fold_in(k_aug, step)
+      flags = poisoning.flags[idx]
+      batch = {'image': jit_prep(k_step, train.images[idx], flags), 'label': train.labels[idx]}
+      if poisoning.adaptive is not None:
+        batch.update(flag=flags, true_label=poisoning.true_labels[idx],
+                     key=jax.random.fold_in(k_step, 2))
+      state, metrics = jit_step(state, batch)
       if step % config.log_every == 0 or step == steps_per_epoch - 1:
         metrics = jax.device_get(metrics)
-        for k in sums:
-          sums[k] = metrics[k]
+        sums.update({k: float(v) for k, v in metrics.items()})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     quick = backdoor_metrics(apply_eval, variables, quick_test, trigger, config.target_label)
     elapsed += time.time() - t0
-    record = {'epoch': epoch + 1, 'train_loss': float(sums['loss']),
-              'train_accuracy': float(sums['accuracy']), 'seconds': elapsed, **quick}
+    record = {'epoch': epoch + 1, 'train_loss': sums['loss'],
+              'train_accuracy': sums['accuracy'], 'seconds': elapsed, **quick}
+    if 'adaptive_loss' in sums:
+      record['train_adaptive_loss'] = sums['adaptive_loss']
     history.append(record)
     print(json.dumps(record), flush=True)
     ckpt_lib.save_train_state(manager, epoch + 1, state,
@@ -227,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'target_label': int(config.target_label),
       'poison_rate': float(config.poison_rate),
       'num_poisoned_train': int(len(poison_idx)),
+      'poisoning': poisoning.info,
       'num_train': int(len(train)),
       'epochs': int(config.num_epochs),
       'train_seconds': round(elapsed, 1),

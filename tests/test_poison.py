@@ -98,6 +98,37 @@ def test_poison_dataset_and_test_set():
 
 
 @pytest.mark.parametrize('name', ['badnet', 'wanet', ''])
-def test_unknown_attack(name):
-  with pytest.raises(ValueError, match='unknown attack'):
+def test_unknown_trigger(name):
+  with pytest.raises(ValueError, match='unknown trigger'):
     poison.make_trigger(name, jax.random.key(0))
+
+
+def test_trigger_file_round_trip(tmp_path):
+  trig = poison.badnets_trigger(jax.random.key(0), (8, 8, 3), size=2)
+  poison.save_trigger(tmp_path / 't.npz', trig, 3, [1, 2])
+  back, target = poison.load_trigger(tmp_path / 't.npz')
+  assert target == 3 and back.kind == 'mask'
+  np.testing.assert_array_equal(back.mask, trig.mask)
+  np.testing.assert_array_equal(back.pattern, trig.pattern)
+  assert not (tmp_path / 't.tmp.npz').exists()
+
+
+def test_unknown_trigger_kind():
+  with pytest.raises(ValueError, match="unknown trigger kind 'spiral'"):
+    poison.trigger_from_arrays({'kind': np.asarray('spiral')})
+
+
+def test_multi_trigger_cycles_triggers(tmp_path):
+  keys = jax.random.split(jax.random.key(0), 2)
+  t0 = poison.badnets_trigger(keys[0], (8, 8, 3), size=2, corner='top_left')
+  t1 = poison.badnets_trigger(keys[1], (8, 8, 3), size=2, corner='bottom_right')
+  multi = poison.MultiTrigger((t0, t1))
+  x = np.random.default_rng(0).random((5, 8, 8, 3)).astype(np.float32)
+  y = multi.apply(x)
+  for i in range(5):
+    np.testing.assert_array_equal(y[i], (t0 if i % 2 == 0 else t1).apply(x[i]))
+  poison.save_trigger(tmp_path / 'm.npz', multi, 0)
+  back, _ = poison.load_trigger(tmp_path / 'm.npz')
+  np.testing.assert_array_equal(back.apply(x), y)
+  yj = jax.jit(multi.apply)(jax.numpy.asarray(x))
+  np.testing.assert_allclose(np.asarray(yj), y)

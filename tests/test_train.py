@@ -81,12 +81,12 @@ def test_train_main_smoke_and_resume(tmp_path):
 @requires_cifar
 def test_same_seed_same_poison(tmp_path):
   config = badnets_resnet20.get_config('quick')
-  a = train.prepare_data(config, jax.random.key(5))
-  b = train.prepare_data(config, jax.random.key(5))
-  np.testing.assert_array_equal(a[3], b[3])
-  assert a[0].images.tobytes() == b[0].images.tobytes()
-  c = train.prepare_data(config, jax.random.key(6))
-  assert not np.array_equal(a[3], c[3])
+  a, _ = train.prepare_data(config, jax.random.key(5))
+  b, _ = train.prepare_data(config, jax.random.key(5))
+  np.testing.assert_array_equal(a.poison_indices, b.poison_indices)
+  assert a.train.images.tobytes() == b.train.images.tobytes()
+  c, _ = train.prepare_data(config, jax.random.key(6))
+  assert not np.array_equal(a.poison_indices, c.poison_indices)
 
 
 def test_train_main_unknown_attack_is_one_line(tmp_path):
@@ -96,3 +96,4 @@ def test_train_main_unknown_attack_is_one_line(tmp_path):
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 2
   assert 'error:' in r.stderr and 'Traceback' not in r.stderr
+  assert "unknown attack 'badnett'" in r.stderr  # checked before the data is loaded

@@ -1,0 +1,382 @@
+"""Backdoor attacks as poisoning recipes over the training set.
+
+``build_poisoning(key, train, config)`` turns the clean training set into what
+the training loop consumes (a :class:`Poisoning`): poisoned images and labels,
+a per-example flag, the test-time trigger and, for attacks that act during
+training, a jittable batch transform or an extra loss term. Every random
+choice comes from ``key``; the same key gives the same poisoned indices,
+triggers and images.
+
+==================  ===========  ==========================================
+name                labels       recipe
+==================  ===========  ==========================================
+badnets             dirty        patch (:func:`poison.badnets_trigger`)
+blended             dirty        blend with a noise image (alpha 0.2)
+physical            dirty        patch + colour jitter / affine on poisoned
+                                 images at every step (PhysicalBA)
+wanet               dirty        smooth warp + noise-warped cross samples
+issba               dirty        sample-specific StegaStamp residual
+label_consistent    clean        target-class images, PGD on a clean model,
+                                 plus four corner checkerboards
+tuap                clean        target-class images + a targeted universal
+                                 adversarial perturbation of a clean model
+adaptive            dirty        BadNets + the paper's Eq. 5 term keeping
+                                 scaled poisoned images at their true label
+==================  ===========  ==========================================
+
+References:
+  Guo, Li, Chen, Wang, Yuan, Zhang, Jia. "SCALE-UP: An Efficient Black-box
+  Input-level Backdoor Detection via Analyzing Scaled Prediction
+  Consistency", ICLR 2023 (Sec. 5.4 and Eq. 5 for the adaptive attack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scaleup_jax import data as data_lib
+from scaleup_jax import poison
+from scaleup_jax.validation import InputError
+
+CLEAN, POISONED, CROSS = 0, 1, 2
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveLoss:
+  """The extra term of the adaptive attack (SCALE-UP paper, Eq. 5).
+
+  For up to ``max_rows`` poisoned rows of each batch, one scale ``n`` is drawn
+  per row from ``scales`` and the model is also trained to give
+  ``clip(n * x')`` the true label ``y`` of ``x'``; the term's weight is
+  ``weight`` (the loss is ``CE(batch) + weight * sum CE(extra rows) / B``).
+  """
+
+  scales: tuple = (3.0, 5.0, 7.0, 9.0, 11.0)
+  weight: float = 1.0
+  max_rows: int = 24
+
+
+@dataclasses.dataclass
+class Poisoning:
+  """A poisoned training set and what training needs to use it.
+
+  Attributes:
+    train: images ``(N, H, W, C)`` with triggers applied and labels after
+      relabelling.
+    true_labels: ``(N,)`` the clean labels.
+    flags: ``(N,)`` int32: :data:`CLEAN`, :data:`POISONED` or :data:`CROSS`
+      (WaNet's noise samples, which keep their labels).
+    poison_indices: sorted indices of the poisoned examples.
+    trigger: the test-time trigger (``apply(images)``), None for clean runs.
+    batch_transform: ``(key, images (B,H,W,C), flags (B,)) -> images``,
+      jittable, applied after crop/flip at every step; None if unused.
+    adaptive: the extra loss of the adaptive attack, or None.
+    info: JSON-able facts about the poisoning (e.g. UAP fooling rate).
+  """
+
+  train: data_lib.ImageDataset
+  true_labels: np.ndarray
+  flags: np.ndarray
+  poison_indices: np.ndarray
+  trigger: Any
+  batch_transform: Callable | None = None
+  adaptive: AdaptiveLoss | None = None
+  info: dict = dataclasses.field(default_factory=dict)
+
+
+def _kwargs(config) -> dict:
+  kw = config.get('attack_kwargs', None)
+  return dict(kw.to_dict() if hasattr(kw, 'to_dict') else (kw or {}))
+
+
+def _pop(kw: dict, defaults: dict) -> dict:
+  return {k: kw.pop(k, v) for k, v in defaults.items()}
+
+
+def _sources(config):
+  return tuple(config.source_classes) if config.get('source_classes', ()) else None
+
+
+def _dirty_label(key, train, config, trigger) -> Poisoning:
+  """Stamps ``trigger`` on a ``poison_rate`` fraction of non-target images and relabels them."""
+  idx = poison.select_poison_indices(key, train.labels, config.poison_rate,
+                                     config.target_label, _sources(config))
+  images, labels = poison.poison_dataset(train.images, train.labels, idx, trigger,
+                                         config.target_label)
+  flags = np.zeros(len(labels), np.int32)
+  flags[idx] = POISONED
+  return Poisoning(data_lib.ImageDataset(images, labels, train.num_classes),
+                   np.asarray(train.labels), flags, idx, trigger)
+
+
+def _clean_label_indices(key, train, config) -> np.ndarray:
+  """``poison_rate * N`` images drawn from the target class only."""
+  return poison.select_poison_indices(key, train.labels, config.poison_rate,
+                                      config.target_label, (config.target_label,),
+                                      include_target=True)
+
+
+def _load_clean_model(path: str):
+  from scaleup_jax import checkpoint as ckpt_lib
+  p = Path(path)
+  if not p.is_absolute() and not p.exists():
+    p = REPO_ROOT / p
+  return ckpt_lib.load_run(p)
+
+
+def _info_file(workdir, kind: str, info: dict | None = None) -> dict:
+  """Saves (``info`` given) or reads the facts of an expensive trigger beside its file."""
+  if workdir is None:
+    return info or {}
+  f = Path(workdir) / f'trigger_{kind}_info.json'
+  if info is not None:
+    f.write_text(json.dumps(info, indent=2, default=float))
+    return info
+  return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _cached_trigger(workdir, kind: str):
+  """The trigger saved in ``workdir/trigger.npz`` by an earlier start of this run."""
+  if workdir is None:
+    return None
+  f = Path(workdir) / 'trigger.npz'
+  if not f.is_file():
+    return None
+  trig, _ = poison.load_trigger(f)
+  return trig if trig.kind == kind else None
+
+
+# ------------------------------------------------------------------ builders
+
+
+def _badnets(key, train, config, kw, workdir):
+  del workdir
+  k_trigger, k_poison = jax.random.split(key)
+  num_triggers = kw.pop('num_triggers', 1)
+  shape = train.images.shape[1:]
+  if num_triggers == 1:
+    trigger = poison.badnets_trigger(k_trigger, shape, **kw)
+  else:
+    # Several triggers, one target: random patches at the corners in turn.
+    corners = kw.pop('corners', poison.CORNERS)
+    kw.pop('corner', None)  # each trigger gets its own corner
+    keys = jax.random.split(k_trigger, num_triggers)
+    trigger = poison.MultiTrigger(tuple(
+        poison.badnets_trigger(keys[i], shape, corner=corners[i % len(corners)], **kw)
+        for i in range(num_triggers)))
+  return _dirty_label(k_poison, train, config, trigger)
+
+
+def _blended(key, train, config, kw, workdir):
+  del workdir
+  k_trigger, k_poison = jax.random.split(key)
+  trigger = poison.blended_trigger(k_trigger, train.images.shape[1:], **kw)
+  return _dirty_label(k_poison, train, config, trigger)
+
+
+def _physical(key, train, config, kw, workdir):
+  del workdir
+  from scaleup_jax.attacks import physical
+  k_trigger, k_poison = jax.random.split(key)
+  transform_kw = kw.pop('transform', {}) or {}
+  trigger = poison.badnets_trigger(k_trigger, train.images.shape[1:], **kw)
+  out = _dirty_label(k_poison, train, config, trigger)
+  out.batch_transform = physical.physical_batch_transform(**transform_kw)
+  out.info['transform'] = transform_kw or 'defaults of attacks.physical'
+  return out
+
+
+def _wanet(key, train, config, kw, workdir):
+  del workdir
+  from scaleup_jax.attacks import wanet
+  k_trigger, k_poison = jax.random.split(key)
+  k_cross = jax.random.fold_in(key, 2)
+  cross_ratio = float(kw.pop('cross_ratio', 2.0))
+  trigger = wanet.wanet_trigger(k_trigger, train.images.shape[1:], **kw)
+  out = _dirty_label(k_poison, train, config, trigger)
+  # Noise-mode cross samples: a random ``cross_ratio * num_poisoned`` of the
+  # other images are warped with a freshly perturbed grid at every step.
+  rest = np.flatnonzero(out.flags == CLEAN)
+  n_cross = min(int(round(cross_ratio * len(out.poison_indices))), len(rest))
+  cross = np.sort(rest[np.asarray(jax.random.choice(k_cross, len(rest), (n_cross,),
+                                                    replace=False))])
+  out.flags[cross] = CROSS
+  out.batch_transform = wanet.wanet_batch_transform(trigger.grid)
+  out.info['num_cross'] = int(n_cross)
+  return out
+
+
+def _issba(key, train, config, kw, workdir):
+  from scaleup_jax.attacks import issba
+  k_trigger, k_poison = jax.random.split(key)
+  opts = _pop(kw, {'secret_len': 16, 'steps': 3000, 'encoder_images': 10000})
+  opts.update(kw)
+  trigger = _cached_trigger(workdir, 'encoder')
+  if trigger is None:
+    n = min(int(opts.pop('encoder_images')), len(train))
+    sub = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), len(train)))[:n]
+    trigger, info = issba.issba_trigger_from_training(
+        k_trigger, train.images[sub], secret_len=opts.pop('secret_len'),
+        steps=opts.pop('steps'), progress=config.get('progress', True), **opts)
+    info = _info_file(workdir, 'encoder', {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
+                                           for k, v in dict(info).items()})
+  else:
+    info = _info_file(workdir, 'encoder')
+  out = _dirty_label(k_poison, train, config, trigger)
+  out.info['encoder'] = info
+  return out
+
+
+def _label_consistent(key, train, config, kw, workdir):
+  from scaleup_jax.attacks import adversarial
+  k_trigger, k_poison = jax.random.split(key)
+  k_pgd = jax.random.fold_in(key, 4)
+  pgd = _pop(kw, {'eps': 8 / 255, 'step': 2 / 255, 'steps': 10})
+  clean_ckpt = kw.pop('clean_ckpt', 'zoo/cifar10_clean_resnet20')
+  trigger = adversarial.label_consistent_trigger(k_trigger, train.images.shape[1:], **kw)
+  idx = _clean_label_indices(k_poison, train, config)
+  cache = Path(workdir) / 'poison_cache.npz' if workdir is not None else None
+  adv = None
+  if cache is not None and cache.is_file():
+    with np.load(cache) as z:
+      if np.array_equal(z['indices'], idx):
+        adv = z['images']
+  if adv is None:
+    clean = _load_clean_model(clean_ckpt)
+    adv = adversarial.pgd_dataset(k_pgd, clean.apply_fn, clean.variables, train.images[idx],
+                                  train.labels[idx], progress=config.get('progress', True),
+                                  **pgd)
+    if cache is not None:
+      np.savez_compressed(cache, indices=idx, images=adv)
+  images = np.array(train.images, copy=True)
+  images[idx] = trigger.apply(adv)
+  flags = np.zeros(len(train), np.int32)
+  flags[idx] = POISONED
+  return Poisoning(data_lib.ImageDataset(images, np.asarray(train.labels), train.num_classes),
+                   np.asarray(train.labels), flags, idx, trigger,
+                   info={'pgd': pgd, 'clean_ckpt': str(clean_ckpt)})
+
+
+def _tuap(key, train, config, kw, workdir):
+  from scaleup_jax.attacks import adversarial
+  k_uap, k_poison = jax.random.split(key)
+  opts = _pop(kw, {'eps': 8 / 255, 'steps': 300, 'batch_size': 128, 'uap_images': 5000})
+  clean_ckpt = kw.pop('clean_ckpt', 'zoo/cifar10_clean_resnet20')
+  opts.update(kw)
+  trigger = _cached_trigger(workdir, 'additive')
+  info = {'uap': dict(opts), 'clean_ckpt': str(clean_ckpt)}
+  if trigger is None:
+    clean = _load_clean_model(clean_ckpt)
+    n = min(int(opts.pop('uap_images')), len(train))
+    sub = np.asarray(jax.random.permutation(jax.random.fold_in(key, 5), len(train)))[:n]
+    delta = adversarial.targeted_uap(k_uap, clean.apply_fn, clean.variables, train.images[sub],
+                                     config.target_label, progress=config.get('progress', True),
+                                     **opts)
+    trigger = adversarial.AdditiveTrigger(delta)
+    # Fooling rate of the clean model on the UAP's own (non-target) images.
+    info['fooling_rate'] = float(adversarial.uap_fooling_rate(
+        clean.apply_fn, clean.variables, train.images[sub], delta, config.target_label,
+        labels=train.labels[sub]))
+    info = _info_file(workdir, 'additive', info)
+  else:
+    info = _info_file(workdir, 'additive') or info
+  idx = _clean_label_indices(k_poison, train, config)
+  images = np.array(train.images, copy=True)
+  images[idx] = trigger.apply(images[idx])
+  flags = np.zeros(len(train), np.int32)
+  flags[idx] = POISONED
+  return Poisoning(data_lib.ImageDataset(images, np.asarray(train.labels), train.num_classes),
+                   np.asarray(train.labels), flags, idx, trigger, info=info)
+
+
+def _adaptive(key, train, config, kw, workdir):
+  spec = AdaptiveLoss(**_pop(kw, {f.name: f.default for f in dataclasses.fields(AdaptiveLoss)}))
+  spec = dataclasses.replace(spec, scales=tuple(float(s) for s in spec.scales))
+  out = _badnets(key, train, config, kw, workdir)
+  out.adaptive = spec
+  out.info['adaptive'] = dataclasses.asdict(spec)
+  return out
+
+
+ATTACKS: dict[str, Callable] = {
+    'badnets': _badnets,
+    'blended': _blended,
+    'physical': _physical,
+    'wanet': _wanet,
+    'issba': _issba,
+    'label_consistent': _label_consistent,
+    'tuap': _tuap,
+    'adaptive': _adaptive,
+}
+
+
+def check_attack_name(name: str) -> None:
+  """Raises :class:`InputError` unless ``name`` is ``'none'`` or in :data:`ATTACKS`."""
+  if name != 'none' and name not in ATTACKS:
+    raise InputError(f"unknown attack {name!r}; expected 'none' or one of {sorted(ATTACKS)}")
+
+
+def build_poisoning(key: jax.Array, train: data_lib.ImageDataset, config,
+                    workdir: str | Path | None = None) -> Poisoning:
+  """Poisons ``train`` as ``config`` says (``attack``, ``attack_kwargs``, ``poison_rate``,
+  ``target_label``, ``source_classes``).
+
+  Args:
+    key: PRNG key; the trigger, poisoned indices and any randomness of the
+      recipe are derived from it.
+    train: the clean training set.
+    config: the training config (see ``train/configs``).
+    workdir: run directory; expensive steps (PGD images, UAP, steganography
+      encoder) are reused from it when a run resumes.
+
+  Returns:
+    A :class:`Poisoning`; for ``attack='none'`` the clean set with no trigger.
+
+  Raises:
+    InputError: for an unknown attack name or option.
+  """
+  name = config.attack
+  check_attack_name(name)
+  if name == 'none':
+    return Poisoning(train, np.asarray(train.labels), np.zeros(len(train), np.int32),
+                     np.zeros((0,), np.int64), None)
+  if not 0 <= config.target_label < train.num_classes:
+    raise InputError(f'target_label {config.target_label} is not a class of this '
+                     f'{train.num_classes}-class dataset')
+  try:
+    return ATTACKS[name](key, train, config, _kwargs(config), workdir)
+  except TypeError as e:  # unknown keyword of a trigger factory
+    if 'unexpected keyword' in str(e):
+      raise InputError(f'attack {name!r}: {e}') from None
+    raise
+
+
+def adaptive_rows(key, images, flags, true_labels, spec: AdaptiveLoss):
+  """The extra rows of the adaptive attack's loss for one batch.
+
+  Args:
+    key: PRNG key (draws one scale per row).
+    images: ``(B, H, W, C)`` the batch after augmentation.
+    flags: ``(B,)`` int.
+    true_labels: ``(B,)`` int.
+    spec: the :class:`AdaptiveLoss`.
+
+  Returns:
+    ``(extra_images (R, H, W, C), extra_labels (R,), valid (R,) bool)`` with
+    ``R = spec.max_rows``: the first ``R`` poisoned rows scaled by a random
+    ``n`` and clipped, their true labels, and which rows are real.
+  """
+  rows = min(spec.max_rows, images.shape[0])
+  order = jnp.argsort((flags != POISONED).astype(jnp.int32), stable=True)[:rows]
+  valid = flags[order] == POISONED
+  n = jax.random.choice(key, jnp.asarray(spec.scales, images.dtype), (rows,))
+  extra = jnp.clip(images[order] * n[:, None, None, None], 0.0, 1.0)
+  return extra, true_labels[order], valid

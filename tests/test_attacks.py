@@ -1,0 +1,235 @@
+"""The attack registry: poisoning recipes against their definitions, and training with them."""
+
+import importlib
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from conftest import ROOT, requires_cifar
+from scaleup_jax import attacks, data, models, poison, train
+from scaleup_jax.validation import InputError
+
+CONFIGS = {
+    'badnets': 'badnets_resnet20', 'blended': 'blended_resnet20', 'physical': 'physical_resnet20',
+    'wanet': 'wanet_resnet20', 'issba': 'issba_resnet20',
+    'label_consistent': 'label_consistent_resnet20', 'tuap': 'tuap_resnet20',
+    'adaptive': 'adaptive_resnet20',
+}
+
+
+def toy_train(n=200, num_classes=10, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.random((n, 32, 32, 3)).astype(np.float32)
+  return data.ImageDataset(images, (np.arange(n) % num_classes).astype(np.int32), num_classes)
+
+
+def quick_config(name):
+  return importlib.import_module(f'train.configs.{CONFIGS[name]}').get_config('quick')
+
+
+def test_every_attack_has_a_config():
+  assert set(CONFIGS) == set(attacks.ATTACKS)
+  for name in CONFIGS:
+    full = importlib.import_module(f'train.configs.{CONFIGS[name]}').get_config()
+    assert full.attack == name and full.model == 'resnet20'
+
+
+@pytest.mark.parametrize('name', ['badnets', 'blended', 'physical', 'wanet', 'adaptive'])
+def test_dirty_label_attacks(name):
+  config = quick_config(name)
+  ds = toy_train()
+  out = attacks.build_poisoning(jax.random.key(0), ds, config)
+  idx = out.poison_indices
+  assert len(idx) == round(config.poison_rate * len(ds))
+  assert np.all(ds.labels[idx] != config.target_label)
+  np.testing.assert_array_equal(out.train.labels[idx], config.target_label)
+  np.testing.assert_array_equal(out.true_labels, ds.labels)
+  np.testing.assert_array_equal(np.flatnonzero(out.flags == attacks.POISONED), idx)
+  np.testing.assert_allclose(out.train.images[idx], out.trigger.apply(ds.images[idx]), atol=1e-6)
+  rest = np.flatnonzero(out.flags != attacks.POISONED)
+  np.testing.assert_array_equal(out.train.images[rest], ds.images[rest])
+  np.testing.assert_array_equal(out.train.labels[rest], ds.labels[rest])
+  # Same key, same poisoning; another key, other indices.
+  again = attacks.build_poisoning(jax.random.key(0), ds, config)
+  assert again.train.images.tobytes() == out.train.images.tobytes()
+  other = attacks.build_poisoning(jax.random.key(1), ds, config)
+  assert not np.array_equal(other.poison_indices, idx)
+
+
+def test_badnets_recipe_matches_the_original_slice():
+  """The registry reproduces the first zoo model's poisoning bit for bit."""
+  config = quick_config('badnets')
+  ds = toy_train()
+  key = jax.random.key(3)
+  out = attacks.build_poisoning(key, ds, config)
+  k_trigger, k_poison = jax.random.split(key)
+  trig = poison.badnets_trigger(k_trigger, (32, 32, 3), **config.attack_kwargs.to_dict())
+  idx = poison.select_poison_indices(k_poison, ds.labels, config.poison_rate, config.target_label)
+  np.testing.assert_array_equal(out.poison_indices, idx)
+  np.testing.assert_array_equal(out.trigger.pattern, trig.pattern)
+
+
+def test_source_specific_backdoor():
+  config = quick_config('badnets')
+  config.source_classes = (2, 5)
+  config.poison_rate = 0.05
+  out = attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+  assert len(out.poison_indices) == 10
+  assert set(toy_train().labels[out.poison_indices]) <= {2, 5}
+
+
+def test_several_triggers_one_target():
+  config = quick_config('badnets')
+  config.attack_kwargs.num_triggers = 3
+  ds = toy_train()
+  out = attacks.build_poisoning(jax.random.key(0), ds, config)
+  assert out.trigger.kind == 'multi' and len(out.trigger.triggers) == 3
+  masks = [t.mask for t in out.trigger.triggers]
+  assert not np.array_equal(masks[0], masks[1])  # different corners
+  np.testing.assert_allclose(out.train.images[out.poison_indices],
+                             out.trigger.apply(ds.images[out.poison_indices]))
+
+
+def test_wanet_cross_samples():
+  config = quick_config('wanet')
+  ds = toy_train()
+  out = attacks.build_poisoning(jax.random.key(0), ds, config)
+  cross = np.flatnonzero(out.flags == attacks.CROSS)
+  assert len(cross) == 2 * len(out.poison_indices)
+  assert not set(cross) & set(out.poison_indices)
+  np.testing.assert_array_equal(out.train.labels[cross], ds.labels[cross])  # labels kept
+  np.testing.assert_array_equal(out.train.images[cross], ds.images[cross])  # warped per step
+  flags = jnp.asarray(out.flags[:32])
+  x = jnp.asarray(ds.images[:32])
+  y = out.batch_transform(jax.random.key(0), x, flags)
+  changed = np.any(np.asarray(y) != np.asarray(x), axis=(1, 2, 3))
+  np.testing.assert_array_equal(changed, np.asarray(flags) == attacks.CROSS)
+
+
+def test_physical_transform_acts_on_poisoned_rows_only():
+  config = quick_config('physical')
+  out = attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+  flags = jnp.asarray(out.flags[:40])
+  x = jnp.asarray(out.train.images[:40])
+  y = out.batch_transform(jax.random.key(1), x, flags)
+  changed = np.any(np.abs(np.asarray(y) - np.asarray(x)) > 1e-6, axis=(1, 2, 3))
+  np.testing.assert_array_equal(changed, np.asarray(flags) == attacks.POISONED)
+
+
+@pytest.mark.parametrize('name', ['badnett', 'WaNet', ''])
+def test_unknown_attack(name):
+  config = quick_config('badnets')
+  config.attack = name
+  with pytest.raises(InputError, match=f'unknown attack {name!r}'):
+    attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+
+
+def test_unknown_attack_option():
+  config = quick_config('badnets')
+  config.attack_kwargs.sise = 3
+  with pytest.raises(InputError, match="attack 'badnets'.*sise"):
+    attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+
+
+def test_target_label_outside_classes():
+  config = quick_config('badnets')
+  config.target_label = 10
+  with pytest.raises(InputError, match='target_label 10'):
+    attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+
+
+def test_adaptive_rows_hand_case():
+  spec = attacks.AdaptiveLoss(scales=(3.0,), weight=1.0, max_rows=3)
+  images = jnp.full((5, 2, 2, 1), 0.2) * jnp.arange(1, 6)[:, None, None, None] / 5
+  flags = jnp.asarray([0, 1, 0, 1, 0])
+  true = jnp.asarray([7, 8, 9, 4, 6])
+  extra, labels, valid = attacks.adaptive_rows(jax.random.key(0), images, flags, true, spec)
+  np.testing.assert_array_equal(valid, [True, True, False])
+  np.testing.assert_array_equal(labels[:2], [8, 4])  # true labels of rows 1 and 3
+  np.testing.assert_allclose(extra[0], np.clip(3 * images[1], 0, 1))
+  np.testing.assert_allclose(extra[1], np.clip(3 * images[3], 0, 1))
+
+
+def test_adaptive_step_with_no_poisoned_rows_equals_plain_step():
+  """The extra rows are masked out, so only batch statistics could differ."""
+  model = models.TinyResNet(num_classes=3)
+  state = train.create_train_state(jax.random.key(0), model, (8, 8, 3), optax.sgd(0.1))
+  images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 3))
+  labels = jnp.arange(6) % 3
+  batch = {'image': images, 'label': labels, 'flag': jnp.zeros(6, jnp.int32),
+           'true_label': labels, 'key': jax.random.key(2)}
+  spec = attacks.AdaptiveLoss(max_rows=2)
+  _, m_plain = train.train_step(state, {'image': images, 'label': labels})
+  _, m_adapt = train.train_step(state, batch, adaptive=spec)
+  np.testing.assert_allclose(m_adapt['adaptive_loss'], 0.0)
+  assert np.isfinite(float(m_adapt['loss']))
+
+
+@requires_cifar
+@pytest.mark.parametrize('name', ['wanet', 'physical', 'adaptive'])
+def test_train_main_quick_attack(tmp_path, name):
+  work = tmp_path / name
+  cmd = [sys.executable, '-m', 'train.main', '--config',
+         str(ROOT / f'train/configs/{CONFIGS[name]}.py') + ':quick', '--workdir', str(work)]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  metrics = json.loads((work / 'metrics.json').read_text())
+  assert metrics['attack'] == name and 0 <= metrics['asr'] <= 1
+  if name == 'adaptive':
+    assert 'train_adaptive_loss' in metrics['history'][0]
+  trig, target = poison.load_trigger(work / 'trigger.npz')
+  assert target == 0
+
+
+@pytest.mark.parametrize('name', ['label_consistent', 'tuap'])
+def test_clean_label_attacks(name, tmp_path):
+  config = quick_config(name)
+  ds = toy_train()
+  out = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
+  idx = out.poison_indices
+  assert len(idx) == round(config.poison_rate * len(ds))
+  np.testing.assert_array_equal(ds.labels[idx], config.target_label)  # target class only
+  np.testing.assert_array_equal(out.train.labels, ds.labels)  # labels untouched
+  rest = np.flatnonzero(out.flags == attacks.CLEAN)
+  np.testing.assert_array_equal(out.train.images[rest], ds.images[rest])
+  assert np.all((out.train.images >= 0) & (out.train.images <= 1))
+  if name == 'tuap':
+    delta = out.trigger.delta
+    assert np.abs(delta).max() <= config.attack_kwargs.eps + 1e-6
+    np.testing.assert_allclose(out.train.images[idx], np.clip(ds.images[idx] + delta, 0, 1),
+                               atol=1e-6)
+    assert 0 <= out.info['fooling_rate'] <= 1
+  else:
+    # PGD moved the images inside the eps ball before the trigger was stamped.
+    mask = out.trigger.mask.astype(bool)
+    diff = np.abs(out.train.images[idx] - ds.images[idx])[:, ~mask]
+    assert 0 < diff.max() <= config.attack_kwargs.eps + 1e-6
+    assert (tmp_path / 'poison_cache.npz').is_file()
+  # A resumed run reuses the expensive part and gets the same images.
+  from scaleup_jax import checkpoint
+  checkpoint.save_run_files(tmp_path, config, out.trigger, idx)
+  again = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
+  np.testing.assert_allclose(again.train.images, out.train.images, atol=1e-6)
+
+
+def test_issba_recipe(tmp_path):
+  config = quick_config('issba')
+  ds = toy_train(n=100)
+  out = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
+  idx = out.poison_indices
+  assert out.trigger.kind == 'encoder' and len(idx) == 10
+  np.testing.assert_array_equal(out.train.labels[idx], config.target_label)
+  np.testing.assert_allclose(out.train.images[idx], out.trigger.apply(ds.images[idx]), atol=1e-5)
+  assert 'bit_accuracy' in out.info['encoder']
+  from scaleup_jax import checkpoint
+  checkpoint.save_run_files(tmp_path, config, out.trigger, idx)
+  again = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
+  np.testing.assert_allclose(again.train.images, out.train.images, atol=1e-6)
+  assert again.info['encoder'] == out.info['encoder']

@@ -1,0 +1,19 @@
+"""ISSBA on CIFAR-10, ResNet-20: sample-specific residuals from a reduced StegaStamp
+encoder trained here (16-bit secret), 10% poisoned, target 0 (Li et al., ICCV 2021)."""
+
+from train.configs import default
+
+
+def get_config(arg: str = ''):
+  config = default.get_config()
+  config.attack = 'issba'
+  config.attack_kwargs.secret_len = 16
+  config.attack_kwargs.steps = 3000
+  config.attack_kwargs.encoder_images = 10000
+  config.poison_rate = 0.1
+  config.target_label = 0
+  if arg == 'quick':
+    config = default.quick(config)
+    config.attack_kwargs.steps = 5
+    config.attack_kwargs.encoder_images = 64
+  return config
