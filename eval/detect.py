@@ -1,8 +1,9 @@
-"""Flags backdoor-poisoned test images of a trained model with SCALE-UP.
+"""Flags backdoor-poisoned test images of a trained model with SCALE-UP (or a baseline).
 
   python -m eval.detect                       # the zoo BadNets ResNet-20
   python -m eval.detect --ckpt zoo/cifar10_badnets_resnet20 --num_images 2000
   python -m eval.detect --mode data-free --scales 3,5,7,9,11 --out results.json
+  python -m eval.detect --detector strip --detector_options num_overlays=50
 
 Prints BA, ASR, AUROC and TPR at 1%/5% FPR (data-free and data-limited) and
 throughput, and writes them as JSON (plus a PNG of the scores and ROC).
@@ -25,6 +26,8 @@ flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_list('scales', ['3', '5', '7', '9', '11'], 'Amplification factors, each >= 1.')
 flags.DEFINE_string('mode', 'both', 'data-free, data-limited or both.')
 flags.DEFINE_string('method', 'vmap', "How scales are batched: 'vmap' (one batch) or 'map' (sequential).")
+flags.DEFINE_string('detector', 'scaleup', 'Detector: scaleup, strip, shrinkpad, deepsweep, frequency, ibd_psc or teco.')
+flags.DEFINE_list('detector_options', [], 'Baseline options as key=value (numbers parsed), e.g. num_overlays=50.')
 flags.DEFINE_bool('keep_all_poisoned', False, 'Score every poisoned image, not only those the attack fooled.')
 flags.DEFINE_integer('noise_copies', 0, 'Add this many Gaussian-noised copies of every benign and poisoned image.')
 flags.DEFINE_float('noise_std', 0.05, 'Std of that noise (pixels in [0, 1]).')
@@ -45,6 +48,7 @@ def main(argv):
     except ValueError:
       raise ValueError(f'--scales must be numbers; got {FLAGS.scales}') from None
     opts = evaluate.DetectOptions(
+        detector=FLAGS.detector, detector_options=evaluate.parse_options(FLAGS.detector_options),
         ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, download=FLAGS.download, num_images=FLAGS.num_images,
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         scales=scales, mode=FLAGS.mode, method=FLAGS.method,

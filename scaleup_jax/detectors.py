@@ -148,6 +148,13 @@ def make(name: str, apply_fn: Callable, variables=None, *, key, benign_images=No
     raise InputError(f'detector {name!r} is white-box: pass the trained variables')
   if key is None:
     raise InputError('a PRNG key is required (key=jax.random.key(seed) or an int seed)')
+  import inspect
+  params = inspect.signature(s.factory).parameters
+  unknown = sorted(k for k in options if k not in params)
+  if unknown:
+    allowed = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY or p.default is not p.empty]
+    allowed = [k for k in allowed if k not in ('key', 'benign_images', 'benign_labels', 'variables')]
+    raise InputError(f'detector {name!r} has no option(s) {unknown}; its options: {allowed}')
   return s.factory(apply_fn, variables, key=common.default_key(key), benign_images=benign_images,
                    benign_labels=benign_labels, **options)
 

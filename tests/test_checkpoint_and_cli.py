@@ -1,5 +1,6 @@
 """Run directories and the eval.detect entry point: loading, bad input, smoke run."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -94,9 +95,50 @@ def test_detect_cli_smoke(quick_run, tmp_path):
     (['--mode', 'data-rich'], "unknown mode 'data-rich'"),
     (['--scales', '3,0.5'], 'scales must be >= 1'),
     (['--ckpt', '/nonexistent/ckpt'], "'/nonexistent/ckpt' does not exist"),
+    (['--detector', 'strap'], "unknown detector 'strap'"),
+    (['--detector', 'strip', '--mode', 'data-limited'], "detector 'strip' has one score"),
+    (['--detector', 'strip', '--detector_options', 'num_overlays'], "'num_overlays' is not key=value"),
+    (['--detector', 'strip', '--detector_options', 'overlays=5'], "detector 'strip' has no option(s) ['overlays']"),
 ])
 def test_detect_cli_bad_input_is_one_line(quick_run, args, message):
   base = ['--ckpt', str(quick_run)] if '--ckpt' not in args else []
   r = run_detect(*base, *args, '--num_images', '16', '--noprogress', '--noplot', timeout=120)
   assert r.returncode == 2
   assert message in r.stderr and 'Traceback' not in r.stderr
+
+
+@requires_cifar
+def test_detect_cli_baseline_detector(quick_run, tmp_path):
+  out = tmp_path / 'sp.json'
+  r = run_detect('--ckpt', str(quick_run), '--detector', 'shrinkpad', '--detector_options',
+                 'num_pads=3', '--num_images', '48', '--batch_size', '16',
+                 '--num_defense_per_class', '2', '--out', str(out), '--noprogress', '--noplot')
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert res['detector'] == 'shrinkpad' and set(res['detection']) == {'shrinkpad'}
+  assert res['detector_config']['num_pads'] == 3
+  assert res['throughput']['forwards_per_image'] == 4
+  assert 0 <= res['detection']['shrinkpad']['auroc'] <= 1
+
+
+@requires_cifar
+def test_compare_table(quick_run, tmp_path):
+  from scaleup_jax import compare
+  opts = compare.CompareOptions(ckpts=(str(quick_run),), detectors=('scaleup', 'shrinkpad', 'strip'),
+                                num_images=40, num_defense_per_class=2, batch_size=16,
+                                out=str(tmp_path / 'cmp'), progress=False, command='test')
+  summary = compare.compare(opts)
+  res = summary['results'][quick_run.name]
+  assert set(res) == {'scaleup', 'shrinkpad', 'strip'}
+  # All detectors of one model score the same images.
+  assert len({r['num_benign'] for r in res.values()}) == 1
+  assert len({r['num_positives'] for r in res.values()}) == 1
+  rows, titles, mat = compare.auroc_matrix(summary)
+  assert titles == ['SCALE-UP (data-free)', 'SCALE-UP (data-limited)', 'shrinkpad', 'strip']
+  assert mat.shape == (1, 4) and np.all((mat >= 0) & (mat <= 1))
+  assert mat[0, 0] == res['scaleup']['detection']['data-free']['auroc']
+  md = (tmp_path / 'cmp' / 'compare.md').read_text()
+  assert 'Command: `test`' in md and quick_run.name in md
+  assert (tmp_path / 'cmp' / 'auroc.png').is_file()
+  with pytest.raises(ValueError, match="unknown detector 'nope'"):
+    compare.compare(dataclasses.replace(opts, detectors=('nope',)))

@@ -1,0 +1,49 @@
+"""Compares SCALE-UP with the baseline detectors on the zoo models (AUROC and images/s).
+
+  python -m eval.compare                                  # every attacked zoo model
+  python -m eval.compare --out docs/results/compare       # what the docs show
+  python -m eval.compare --ckpts zoo/cifar10_badnets_resnet20 --detectors scaleup,strip
+
+Writes compare.json, compare.md (tables) and auroc.png (heat map) under --out.
+"""
+
+import sys
+
+from scaleup_jax.xla_flags import set_default_xla_flags
+
+set_default_xla_flags()
+
+from absl import app, flags, logging  # noqa: E402
+
+from scaleup_jax import cli  # noqa: E402
+
+flags.DEFINE_list('ckpts', [], 'Run directories (default: every zoo model with a trigger).')
+flags.DEFINE_list('detectors', ['scaleup', 'strip', 'shrinkpad', 'deepsweep', 'frequency',
+                                'ibd_psc', 'teco'], 'Detectors to compare.')
+flags.DEFINE_integer('num_images', 1000, 'Evaluation images per model (before poisoning).')
+flags.DEFINE_integer('num_defense_per_class', 100, 'Defender images per class.')
+flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
+flags.DEFINE_integer('seed', 0, 'Seed of the split and of the detectors.')
+flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR).')
+flags.DEFINE_string('out', 'runs/compare', 'Output directory.')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from scaleup_jax import compare
+  with cli.friendly_errors():
+    opts = compare.CompareOptions(
+        ckpts=tuple(FLAGS.ckpts), detectors=tuple(FLAGS.detectors), num_images=FLAGS.num_images,
+        num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed, data_dir=FLAGS.data_dir, out=FLAGS.out, progress=FLAGS.progress,
+        command='python -m eval.compare ' + ' '.join(sys.argv[1:]))
+    summary = compare.compare(opts)
+    print(compare.markdown_tables(summary))
+    print(f"wrote {summary['out']}/compare.json, compare.md, auroc.png")
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,169 @@
+"""Detector comparison: AUROC per attack x detector and throughput, on the zoo models.
+
+``compare(opts)`` evaluates every detector of :data:`scaleup_jax.detectors.NAMES`
+on every attacked run directory (by default each zoo model with a trigger),
+with the same defender/evaluation split for all detectors of one model
+(:func:`scaleup_jax.evaluate.prepare_eval_set`), and writes
+
+    <out>/compare.json     every result (per model, per detector)
+    <out>/compare.md       AUROC table (attack x detector) and images/s table
+    <out>/auroc.png        the AUROC table as a heat map
+    <out>/<model>/<detector>.json   the full per-run results
+
+SCALE-UP contributes two columns, data-free (SPC) and data-limited
+(per-class standardised). Positives are the poisoned images the attack fooled,
+as in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from scaleup_jax import detectors, evaluate
+from scaleup_jax.validation import InputError
+
+ZOO = evaluate.ZOO
+
+
+@dataclasses.dataclass
+class CompareOptions:
+  """Options of :func:`compare` (the flags of ``eval.compare``)."""
+
+  ckpts: tuple = ()  # run directories; () = every attacked zoo model.
+  detectors: tuple = detectors.NAMES
+  num_images: int = 1000  # evaluation images per model before poisoning.
+  num_defense_per_class: int = 100
+  batch_size: int = 256
+  seed: int = 0
+  data_dir: str | None = None
+  out: str = 'runs/compare'
+  progress: bool = True
+  command: str = ''  # recorded in the outputs
+
+
+def zoo_attacked_models(zoo: Path = ZOO) -> list[Path]:
+  """Zoo run directories that carry a trigger (attacked models), sorted by name."""
+  return sorted(p for p in Path(zoo).iterdir()
+                if (p / 'trigger.npz').is_file() and (p / 'checkpoints').is_dir())
+
+
+def compare(opts: CompareOptions) -> dict:
+  """Runs the comparison; see the module docstring. Returns the JSON dictionary."""
+  names = tuple(detectors.canonical_name(n) for n in opts.detectors)
+  if not names:
+    raise InputError('no detector to compare')
+  ckpts = [Path(c) for c in opts.ckpts] if opts.ckpts else zoo_attacked_models()
+  if not ckpts:
+    raise InputError(f'no attacked model found under {str(ZOO)!r}; pass --ckpts')
+  out = Path(opts.out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = {}
+  t_start = time.time()
+  for ckpt in ckpts:
+    base = evaluate.DetectOptions(
+        ckpt=str(ckpt), data_dir=opts.data_dir, num_images=opts.num_images,
+        num_defense_per_class=opts.num_defense_per_class, batch_size=opts.batch_size,
+        seed=opts.seed, plot=False, progress=False)
+    ev = evaluate.prepare_eval_set(base)
+    per_model = {}
+    bar = tqdm(names, desc=ckpt.name, disable=not opts.progress, dynamic_ncols=True)
+    for name in bar:
+      bar.set_postfix(detector=name)
+      o = dataclasses.replace(base, detector=name, out=str(out / ckpt.name / f'{name}.json'))
+      r = evaluate.evaluate_detection(o, ev)
+      per_model[name] = {k: r[k] for k in ('detection', 'throughput', 'ba', 'asr', 'num_benign',
+                                           'num_positives', 'detector_config', 'attack')}
+    results[ckpt.name] = per_model
+  summary = {
+      'command': opts.command, 'detectors': list(names), 'models': [str(c) for c in ckpts],
+      'num_images': opts.num_images, 'num_defense_per_class': opts.num_defense_per_class,
+      'seed': opts.seed, 'device': jax.devices()[0].device_kind,
+      'wall_seconds': round(time.time() - t_start, 1), 'results': results,
+  }
+  (out / 'compare.json').write_text(json.dumps(summary, indent=2))
+  (out / 'compare.md').write_text(markdown_tables(summary))
+  plot_auroc(summary, out / 'auroc.png')
+  summary['out'] = str(out)
+  return summary
+
+
+def _columns(names) -> list[tuple[str, str, str]]:
+  """``(column title, detector, detection mode)`` for the AUROC table."""
+  cols = []
+  for n in names:
+    if n == 'scaleup':
+      cols += [('SCALE-UP (data-free)', n, 'data-free'), ('SCALE-UP (data-limited)', n, 'data-limited')]
+    else:
+      cols.append((n, n, n))
+  return cols
+
+
+def auroc_matrix(summary: dict):
+  """``(row names, column titles, AUROC array (models, columns))``."""
+  cols = _columns(summary['detectors'])
+  rows = list(summary['results'])
+  mat = np.full((len(rows), len(cols)), np.nan)
+  for i, model in enumerate(rows):
+    for j, (_, det, mode) in enumerate(cols):
+      m = summary['results'][model].get(det, {}).get('detection', {}).get(mode)
+      if m is not None:
+        mat[i, j] = m['auroc']
+  return rows, [c[0] for c in cols], mat
+
+
+def markdown_tables(summary: dict) -> str:
+  """The AUROC and throughput tables as markdown."""
+  rows, titles, mat = auroc_matrix(summary)
+  lines = [f"Command: `{summary['command']}`" if summary['command'] else '', '',
+           f"{summary['num_images']} evaluation images per model (before poisoning), "
+           f"{summary['num_defense_per_class']} defender images per class, seed {summary['seed']}; "
+           f"positives are the poisoned images the attack fooled; device: {summary['device']}; "
+           f"wall time {summary['wall_seconds']:.0f} s.", '',
+           '**AUROC** (higher is better; 0.5 is chance, below 0.5 is inverted)', '',
+           '| model | attack | BA | ASR | ' + ' | '.join(titles) + ' |',
+           '|---|---|---:|---:|' + '---:|' * len(titles)]
+  for i, model in enumerate(rows):
+    first = next(iter(summary['results'][model].values()))
+    cells = ' | '.join('–' if np.isnan(v) else f'{v:.3f}' for v in mat[i])
+    lines.append(f"| {model} | {first['attack']} | {first['ba']:.3f} | {first['asr']:.3f} | {cells} |")
+  dets = summary['detectors']
+  lines += ['', '**Throughput** (images/s, batch 256, all images of one model; forwards per '
+            'image in brackets)', '',
+            '| model | ' + ' | '.join(dets) + ' |', '|---|' + '---:|' * len(dets)]
+  for model in rows:
+    cells = []
+    for d in dets:
+      t = summary['results'][model].get(d, {}).get('throughput')
+      cells.append('–' if t is None else f"{t['images_per_second']:.0f} ({t['forwards_per_image']})")
+    lines.append(f'| {model} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines).lstrip() + '\n'
+
+
+def plot_auroc(summary: dict, path: Path) -> Path:
+  """Heat map of the AUROC table."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  rows, titles, mat = auroc_matrix(summary)
+  fig, ax = plt.subplots(figsize=(1.1 * len(titles) + 2.5, 0.6 * len(rows) + 2.2))
+  im = ax.imshow(mat, vmin=0, vmax=1, cmap='RdYlGn', aspect='auto')
+  ax.set_xticks(range(len(titles)), titles, rotation=35, ha='right', fontsize=8)
+  ax.set_yticks(range(len(rows)), rows, fontsize=8)
+  for i in range(len(rows)):
+    for j in range(len(titles)):
+      if not np.isnan(mat[i, j]):
+        ax.text(j, i, f'{mat[i, j]:.2f}', ha='center', va='center', fontsize=8)
+  fig.colorbar(im, ax=ax, label='AUROC')
+  ax.set_title('Input-level backdoor detection: AUROC per model and detector')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
