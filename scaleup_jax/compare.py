@@ -49,9 +49,10 @@ class CompareOptions:
 
 
 def zoo_attacked_models(zoo: Path = ZOO) -> list[Path]:
-  """Zoo run directories that carry a trigger (attacked models), sorted by name."""
+  """Finished zoo runs (``metrics.json`` written) that carry a trigger, sorted by name."""
   return sorted(p for p in Path(zoo).iterdir()
-                if (p / 'trigger.npz').is_file() and (p / 'checkpoints').is_dir())
+                if (p / 'trigger.npz').is_file() and (p / 'checkpoints').is_dir()
+                and (p / 'metrics.json').is_file())
 
 
 def compare(opts: CompareOptions) -> dict:

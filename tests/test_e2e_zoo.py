@@ -31,10 +31,33 @@ def test_zoo_badnets_auroc(tmp_path):
   assert saved['detection'] == res['detection']
 
 
-@pytest.mark.parametrize('name', ['cifar10_badnets_resnet20', 'cifar10_clean_resnet20'])
+ZOO_NAMES = sorted(p.name for p in ZOO.iterdir() if p.is_dir()
+                   and (p / 'metrics.json').is_file())
+
+
+def test_zoo_has_the_slice_models():
+  assert {'cifar10_badnets_resnet20', 'cifar10_clean_resnet20'} <= set(ZOO_NAMES)
+
+
+@pytest.mark.parametrize('name', ZOO_NAMES)
 def test_zoo_entries_are_complete(name):
   d = ZOO / name
   metrics = json.loads((d / 'metrics.json').read_text())
   assert (d / 'config.json').is_file() and (d / 'checkpoints').is_dir()
   assert metrics['epochs'] >= 1 and 'command' in metrics and metrics['train_seconds'] > 0
   assert ('asr' in metrics) == (metrics['attack'] != 'none')
+
+
+@requires_cifar
+@pytest.mark.parametrize('name', [n for n in ZOO_NAMES if (ZOO / n / 'trigger.npz').is_file()])
+def test_every_attacked_zoo_model_runs_through_detect(name, tmp_path):
+  """Each attacked zoo model loads with its trigger and gets scored (bounded: 100 images)."""
+  metrics = json.loads((ZOO / name / 'metrics.json').read_text())
+  opts = evaluate.DetectOptions(ckpt=str(ZOO / name), num_images=100, num_defense_per_class=5,
+                                batch_size=128, out=str(tmp_path / 'd.json'), plot=False,
+                                progress=False, keep_all_poisoned=True)
+  res = evaluate.evaluate_detection(opts)
+  assert res['attack'] == metrics['attack']
+  assert 0 <= res['detection']['data-free']['auroc'] <= 1
+  # The ASR on this subset is close to the one training measured on the full test set.
+  assert abs(res['asr'] - metrics['asr']) < 0.15, (res['asr'], metrics['asr'])
