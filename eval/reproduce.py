@@ -1,0 +1,81 @@
+"""Reproduces the SCALE-UP paper's evaluation at CPU scale on existing models (no training).
+
+  python -m eval.reproduce                                   # everything, zoo models
+  python -m eval.reproduce --only table1,fig2 --num_images 500
+  python -m eval.reproduce --quick --ckpt runs/x --clean_ckpt runs/y --out /tmp/r   # seconds
+  python -m eval.reproduce --only adaptive --adaptive_ckpt zoo/cifar10_adaptive_resnet20
+
+Experiments: table1, fig2, fig3, roc, ablation_scales, ablation_defense_size,
+ablation_noise, poison_rate (--rate_ckpts), trigger_size (--size_ckpts), adaptive
+(--adaptive_ckpt); those whose models are missing are reported as skipped.
+Writes reproduce.json, summary.md and one .md table and .png figure per
+experiment under --out.
+"""
+
+import sys
+
+from scaleup_jax.xla_flags import set_default_xla_flags
+
+set_default_xla_flags()
+
+from absl import app, flags, logging  # noqa: E402
+
+from scaleup_jax import cli  # noqa: E402
+
+flags.DEFINE_string('ckpt', None, 'Attacked model of the single-model experiments (default: zoo BadNets).')
+flags.DEFINE_string('clean_ckpt', None, 'Clean model of fig2 (default: zoo clean ResNet-20).')
+flags.DEFINE_list('ckpts', [], 'Attacked models of table1/roc (default: --ckpt if given, else every attacked zoo model).')
+flags.DEFINE_list('only', [], 'Experiments to run (default: all).')
+flags.DEFINE_bool('quick', False, 'Tiny image counts and scaleup-only table1 (for tests).')
+flags.DEFINE_integer('num_images', None, 'Evaluation images per model before poisoning (default 1000; quick 48).')
+flags.DEFINE_integer('num_defense_per_class', None, 'Defender images per class (default 100; quick 5).')
+flags.DEFINE_integer('batch_size', None, 'Images per compiled call (default 256; quick 32).')
+flags.DEFINE_list('detectors', None, 'Detectors of table1 (default: all; quick: scaleup).')
+flags.DEFINE_integer('num_bootstrap', None, 'Bootstrap resamples of the AUROC intervals (default 1000; quick 200).')
+flags.DEFINE_list('defense_sizes', None, 'ablation_defense_size: benign images per class (default 1,5,10,20,50,100).')
+flags.DEFINE_list('noise_stds', None, 'ablation_noise: Gaussian noise stds (default 0.01,0.03,0.05,0.1,0.2,0.3).')
+flags.DEFINE_list('rate_ckpts', [], 'poison_rate: attacked models trained at several poisoning rates.')
+flags.DEFINE_list('size_ckpts', [], 'trigger_size: attacked models trained with several trigger sizes.')
+flags.DEFINE_string('adaptive_ckpt', None, 'adaptive: a model trained with the adaptive attack.')
+flags.DEFINE_integer('seed', 0, 'Seed of the split, bootstrap, draws and noise.')
+flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR).')
+flags.DEFINE_string('out', 'docs/results/reproduce', 'Output directory.')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+FLAGS = flags.FLAGS
+
+
+def _numbers(values, cast, name):
+  if values is None:
+    return None
+  try:
+    return tuple(cast(v) for v in values)
+  except ValueError:
+    raise ValueError(f'--{name} must be numbers; got {values}') from None
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from scaleup_jax import reproduce
+  with cli.friendly_errors():
+    opts = reproduce.ReproduceOptions(
+        ckpt=FLAGS.ckpt, clean_ckpt=FLAGS.clean_ckpt, ckpts=tuple(FLAGS.ckpts),
+        only=tuple(FLAGS.only), quick=FLAGS.quick, num_images=FLAGS.num_images,
+        num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
+        detectors=tuple(FLAGS.detectors) if FLAGS.detectors is not None else None,
+        num_bootstrap=FLAGS.num_bootstrap,
+        defense_sizes=_numbers(FLAGS.defense_sizes, int, 'defense_sizes'),
+        noise_stds=_numbers(FLAGS.noise_stds, float, 'noise_stds'),
+        rate_ckpts=tuple(FLAGS.rate_ckpts), size_ckpts=tuple(FLAGS.size_ckpts),
+        adaptive_ckpt=FLAGS.adaptive_ckpt, seed=FLAGS.seed, data_dir=FLAGS.data_dir,
+        out=FLAGS.out, progress=FLAGS.progress,
+        command='python -m eval.reproduce ' + ' '.join(sys.argv[1:]))
+    summary = reproduce.reproduce(opts)
+    for name, r in summary['experiments'].items():
+      status = f"ok ({r['seconds']:.0f} s)" if r['status'] == 'ok' else f"skipped: {r['reason']}"
+      print(f'{name:<24}{status}')
+    print(f"wrote {summary['out']}/reproduce.json, summary.md and the tables and figures")
+
+
+if __name__ == '__main__':
+  app.run(main)

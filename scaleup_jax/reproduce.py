@@ -1,0 +1,983 @@
+"""CPU-scale reproduction of the SCALE-UP paper's evaluation on existing run directories.
+
+``reproduce(opts)`` runs the experiments of :data:`EXPERIMENTS` (all, or those in
+``opts.only``) on models that are already trained (the zoo, or any run
+directories) and writes, under ``opts.out``::
+
+    reproduce.json          every experiment's numbers (or why it was skipped)
+    summary.md              links to every table and figure, with the command
+    <experiment>.md/.png    one table and one figure per experiment
+    table1/                 the raw output of :func:`scaleup_jax.compare.compare`
+
+The experiments, each a function ``f(ctx) -> dict`` of this module:
+
+* ``table1``: AUROC per attacked model x detector (paper Table 1) through
+  :func:`scaleup_jax.compare.compare`, plus percentile-bootstrap intervals
+  (:func:`bootstrap_auroc`) from the per-detector score files it writes.
+* ``fig2``: mean softmax confidence on the originally predicted label vs the
+  multiplication factor n = 1..11, benign vs poisoned, clean vs attacked model
+  (paper Fig. 2).
+* ``fig3``: SPC of benign images per true class under an attacked model.
+* ``roc``: ROC curves of SCALE-UP (data-free, data-limited) per attacked model.
+* ``ablation_scales``: AUROC vs the scale set (paper Fig. 11), from one label
+  matrix over the largest set, sliced (:func:`slice_label_matrix`).
+* ``ablation_defense_size``: data-limited AUROC vs benign images per class
+  (paper Fig. 12), several seeded draws.
+* ``ablation_noise``: consistency under additive Gaussian noise instead of
+  amplification (paper Table 7 analog).
+* ``poison_rate``, ``trigger_size``, ``adaptive``: need models trained for
+  them (``rate_ckpts``, ``size_ckpts``, ``adaptive_ckpt``); reported as
+  skipped, not as errors, until those run directories exist.
+
+Positives are the poisoned images the attack fooled (predicted as the target),
+as in :mod:`scaleup_jax.evaluate`. Every random choice comes from ``opts.seed``.
+
+References:
+  Guo, Li, Chen, Guo, Sun, Liu. "SCALE-UP: An Efficient Black-box Input-level
+  Backdoor Detection via Analyzing Scaled Prediction Consistency". ICLR 2023.
+  https://arxiv.org/abs/2302.03251
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from scaleup_jax import checkpoint as ckpt_lib
+from scaleup_jax import compare as compare_lib
+from scaleup_jax import detectors as detectors_lib
+from scaleup_jax import evaluate, scaleup
+from scaleup_jax.batching import map_batches
+from scaleup_jax.metrics import detection_metrics, roc_points
+from scaleup_jax.validation import InputError, check_images, check_scales
+
+ZOO = evaluate.ZOO
+CLEAN_CKPT = ZOO / 'cifar10_clean_resnet20'
+EXPERIMENTS = ('table1', 'fig2', 'fig3', 'roc', 'ablation_scales', 'ablation_defense_size',
+               'ablation_noise', 'poison_rate', 'trigger_size', 'adaptive')
+TITLES = {
+    'table1': 'AUROC per attacked model x detector, with bootstrap 95% intervals (paper Table 1)',
+    'fig2': 'Confidence on the original label vs multiplication factor (paper Fig. 2)',
+    'fig3': 'SPC of benign images per true class under the attacked model',
+    'roc': 'ROC curves of SCALE-UP per attacked model',
+    'ablation_scales': 'AUROC vs size of the scale set (paper Fig. 11)',
+    'ablation_defense_size': 'Data-limited AUROC vs benign images per class (paper Fig. 12)',
+    'ablation_noise': 'Additive Gaussian noise instead of amplification (paper Table 7 analog)',
+    'poison_rate': 'AUROC vs poisoning rate (paper Fig. 7)',
+    'trigger_size': 'AUROC vs trigger size (paper Fig. 7)',
+    'adaptive': 'Adaptive attack: AUROC and ASR under Gaussian noise (paper Fig. 7)',
+}
+DEFAULT_SCALES = tuple(float(s) for s in scaleup.DEFAULT_SCALES)
+ALL_SCALES = (3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0)
+SCALE_SETS = tuple(ALL_SCALES[:k] for k in (1, 2, 3, 4, 5)) + (ALL_SCALES,)
+FIG2_FACTORS = tuple(float(n) for n in range(1, 12))
+
+# The paper's CIFAR-10 AUROCs, keyed by (attack, column title of
+# scaleup_jax.compare), each with the place it was read from. Empty on purpose:
+# no source holding the paper's tables could be read when this was written, and
+# numbers are never filled in from memory. Add {('badnets', 'SCALE-UP
+# (data-free)'): (value, 'Guo et al. 2023, Table 1')} once checked.
+PAPER_AUROC: dict = {}
+PAPER_NOTE = ('The paper\'s own CIFAR-10 numbers are not shown: they could not be checked '
+              'against a readable copy of the paper when this table was generated '
+              '(`scaleup_jax.reproduce.PAPER_AUROC` is empty), and none is quoted from memory.')
+
+_FULL = dict(num_images=1000, num_defense_per_class=100, batch_size=256,
+             detectors=detectors_lib.NAMES, num_bootstrap=1000,
+             defense_sizes=(1, 5, 10, 20, 50, 100), defense_seeds=(0, 1, 2, 3, 4),
+             noise_stds=(0.01, 0.03, 0.05, 0.1, 0.2, 0.3), noise_copies=5,
+             adaptive_noise_stds=(0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3))
+_QUICK = dict(num_images=48, num_defense_per_class=5, batch_size=32, detectors=('scaleup',),
+              num_bootstrap=200, defense_sizes=(1, 2, 5), defense_seeds=(0, 1, 2),
+              noise_stds=(0.05, 0.2), noise_copies=5, adaptive_noise_stds=(0.0, 0.1, 0.3))
+
+
+@dataclasses.dataclass
+class ReproduceOptions:
+  """Options of :func:`reproduce` (the flags of ``eval.reproduce``).
+
+  Fields left as None take the value of the full run or, with ``quick``, of
+  the seconds-long test run (see ``_FULL`` and ``_QUICK``).
+  """
+
+  ckpt: str | None = None  # attacked model of the single-model experiments; None: zoo BadNets.
+  clean_ckpt: str | None = None  # clean model of fig2; None: the zoo clean ResNet-20.
+  ckpts: tuple = ()  # attacked models of table1/roc; (): (ckpt,) if given, else every zoo one.
+  only: tuple = ()  # experiments to run; (): all of EXPERIMENTS.
+  quick: bool = False
+  num_images: int | None = None  # evaluation images per model before poisoning
+  num_defense_per_class: int | None = None
+  batch_size: int | None = None
+  detectors: tuple | None = None  # table1's detectors
+  num_bootstrap: int | None = None
+  defense_sizes: tuple | None = None  # ablation_defense_size: benign images per class
+  defense_seeds: tuple | None = None
+  noise_stds: tuple | None = None  # ablation_noise
+  noise_copies: int | None = None  # noisy queries per image (the |S| of the noise variant)
+  adaptive_noise_stds: tuple | None = None  # adaptive: noise added to poisoned images
+  rate_ckpts: tuple = ()  # poison_rate: attacked models trained at several rates
+  size_ckpts: tuple = ()  # trigger_size: attacked models with several trigger sizes
+  adaptive_ckpt: str | None = None  # adaptive: the adaptive-attack model (Eq. 5)
+  seed: int = 0
+  data_dir: str | None = None
+  out: str = 'docs/results/reproduce'
+  progress: bool = True
+  command: str = ''  # recorded in every output
+
+
+def resolve_options(opts: ReproduceOptions) -> ReproduceOptions:
+  """Fills the None fields from the full or quick defaults and validates."""
+  defaults = _QUICK if opts.quick else _FULL
+  filled = {k: v for k, v in defaults.items() if getattr(opts, k) is None}
+  opts = dataclasses.replace(opts, **filled)
+  unknown = [e for e in opts.only if e not in EXPERIMENTS]
+  if unknown:
+    raise InputError(f'unknown experiment(s) {unknown}; expected some of {", ".join(EXPERIMENTS)}')
+  if opts.num_bootstrap < 1:
+    raise InputError(f'num_bootstrap must be >= 1; got {opts.num_bootstrap}')
+  if opts.noise_copies < 1:
+    raise InputError(f'noise_copies must be >= 1; got {opts.noise_copies}')
+  if any(m < 1 for m in opts.defense_sizes):
+    raise InputError(f'defense_sizes must be >= 1; got {list(opts.defense_sizes)}')
+  if any(s < 0 for s in (*opts.noise_stds, *opts.adaptive_noise_stds)):
+    raise InputError('noise standard deviations must be >= 0')
+  return opts
+
+
+class Skipped(Exception):
+  """An experiment that cannot run with the models at hand (not an error)."""
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def bootstrap_auroc(benign_scores, poisoned_scores, num_resamples: int = 1000, seed: int = 0,
+                    level: float = 0.95, chunk: int = 100) -> dict:
+  """AUROC with a percentile-bootstrap confidence interval.
+
+  Benign and poisoned scores are resampled independently (with replacement,
+  each set to its own size), and the AUROC of every resample is computed
+  exactly (ties count 1/2, as in ``sklearn.metrics.roc_auc_score``) from
+  multinomial counts over the sorted benign scores, so 1000 resamples of
+  10,000 scores take well under a second.
+
+  Args:
+    benign_scores: ``(Nb,)`` negatives.
+    poisoned_scores: ``(Np,)`` positives (higher = more likely poisoned).
+    num_resamples: bootstrap resamples.
+    seed: seed of the ``numpy.random.Generator`` that draws them.
+    level: coverage of the interval.
+    chunk: resamples drawn at once (memory ``chunk * (Nb + Np)`` floats).
+
+  Returns:
+    ``{'auroc', 'low', 'high', 'std', 'level', 'num_resamples', 'seed'}``;
+    ``auroc`` is the AUROC of the data themselves.
+
+  References:
+    Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13
+    (percentile intervals).
+  """
+  b = np.sort(np.asarray(benign_scores, np.float64).reshape(-1))
+  p = np.asarray(poisoned_scores, np.float64).reshape(-1)
+  if b.size == 0 or p.size == 0:
+    raise InputError(f'bootstrap needs benign and poisoned scores; got {b.size} and {p.size}')
+  if not 0.0 < level < 1.0:
+    raise InputError(f'level must be in (0, 1); got {level}')
+  nb, np_ = b.size, p.size
+  lo = np.searchsorted(b, p, side='left')  # benign scores strictly below each positive
+  hi = np.searchsorted(b, p, side='right')  # ... below or equal
+  point = float(np.mean(lo + 0.5 * (hi - lo)) / nb)
+  rng = np.random.default_rng(seed)
+  aucs = []
+  for start in range(0, num_resamples, chunk):
+    r = min(chunk, num_resamples - start)
+    wb = rng.multinomial(nb, np.full(nb, 1.0 / nb), size=r)  # (r, Nb) counts
+    wp = rng.multinomial(np_, np.full(np_, 1.0 / np_), size=r)  # (r, Np)
+    cum = np.concatenate([np.zeros((r, 1)), np.cumsum(wb, axis=1)], axis=1)  # (r, Nb + 1)
+    credit = cum[:, lo] + 0.5 * (cum[:, hi] - cum[:, lo])  # (r, Np)
+    aucs.append((credit * wp).sum(axis=1) / (nb * np_))
+  aucs = np.concatenate(aucs)
+  q = (1.0 - level) / 2
+  low, high = np.quantile(aucs, [q, 1.0 - q])
+  return {'auroc': point, 'low': float(low), 'high': float(high), 'std': float(aucs.std()),
+          'level': level, 'num_resamples': int(num_resamples), 'seed': int(seed)}
+
+
+def slice_label_matrix(label_matrix, all_scales: Sequence[float], subset: Sequence[float]):
+  """Columns of a label matrix for a subset of its scales.
+
+  Args:
+    label_matrix: ``(B, 1 + S)`` from :func:`scaleup_jax.scaleup.scaleup_labels`
+      with scales ``all_scales`` (column 0 is the unscaled prediction).
+    all_scales: the ``S`` scales of the columns ``1..S``.
+    subset: scales to keep, each in ``all_scales``.
+
+  Returns:
+    ``(B, 1 + len(subset))``: column 0, then the columns of ``subset`` in its
+    order; ``spc_from_labels`` of it equals SCALE-UP run with ``subset``.
+  """
+  all_scales = [float(s) for s in all_scales]
+  missing = [float(s) for s in subset if float(s) not in all_scales]
+  if missing or len(subset) == 0:
+    raise InputError(f'scale subset {list(subset)} must be non-empty and within {all_scales}; '
+                     f'missing {missing}')
+  cols = [0] + [1 + all_scales.index(float(s)) for s in subset]
+  return np.asarray(label_matrix)[:, cols]
+
+
+# ------------------------------------------------------------------ model queries
+
+
+def label_matrix(apply_fn: Callable, variables, images, scales=ALL_SCALES, batch_size: int = 256,
+                 progress: bool = False, desc: str = 'labels') -> np.ndarray:
+  """``(N, 1 + S)`` int32 SCALE-UP label matrix of a model over any number of images."""
+  images = check_images(images)
+  scales = tuple(float(s) for s in check_scales(scales))
+  fn = jax.jit(lambda v, x: scaleup.scaleup_labels(
+      scaleup.classifier_from_logits(apply_fn, v), x, scales))
+  return map_batches(lambda x: fn(variables, x), images, batch_size, desc, progress)
+
+
+def scaled_confidences(apply_fn: Callable, variables, images, factors=FIG2_FACTORS,
+                       batch_size: int = 256, progress: bool = False):
+  """Softmax confidence on the originally predicted label at each multiplication factor.
+
+  Args:
+    apply_fn: ``(variables, images (B, H, W, C)) -> logits (B, K)``.
+    variables: the model's variables.
+    images: ``(N, H, W, C)`` float in [0, 1].
+    factors: ``(F,)`` factors n >= 1; image ``x`` is queried as ``clip(n x, 0, 1)``.
+    batch_size: images per compiled call.
+    progress: show a progress bar.
+
+  Returns:
+    ``(preds, conf)``: int32 ``(N,)`` predictions on the unscaled images and
+    float32 ``(N, F)`` ``softmax(f(clip(n x)))[preds]``; at ``n = 1`` this is
+    the model's maximum softmax probability.
+
+  References:
+    Guo et al. 2023, Fig. 2.
+  """
+  images = check_images(images)
+  factors = jnp.asarray(check_scales(factors), jnp.float32)
+
+  @jax.jit
+  def fn(v, x):
+    pred = jnp.argmax(apply_fn(v, x), axis=-1)
+
+    def at(n):
+      prob = jax.nn.softmax(apply_fn(v, jnp.clip(n * x, 0.0, 1.0)).astype(jnp.float32), axis=-1)
+      return jnp.take_along_axis(prob, pred[:, None], axis=1)[:, 0]
+
+    return pred.astype(jnp.int32), jax.lax.map(at, factors).T  # (B,), (B, F)
+
+  return map_batches(lambda x: fn(variables, x), images, batch_size, 'confidence', progress)
+
+
+def noise_label_matrix(apply_fn: Callable, variables, images, stds: Sequence[float], copies: int,
+                       key, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+  """Label matrices with additive Gaussian noise in place of amplification.
+
+  For every ``std`` in ``stds``, column 0 is the prediction on ``x`` and column
+  ``j`` the prediction on ``clip(x + std * e_j, 0, 1)`` with ``e_j ~ N(0, I)``.
+  Image ``i`` at the ``t``-th std draws its noise from
+  ``fold_in(fold_in(key, t), i)``, so the result does not depend on
+  ``batch_size``; one compiled function serves every std.
+
+  Args:
+    apply_fn: ``(variables, images (B, H, W, C)) -> logits (B, K)``.
+    variables: the model's variables.
+    images: ``(N, H, W, C)`` float in [0, 1].
+    stds: ``(T,)`` noise standard deviations (pixel units), each >= 0.
+    copies: noisy queries per image.
+    key: a JAX PRNG key.
+    batch_size: images per compiled call.
+    progress: show progress bars.
+
+  Returns:
+    int32 ``(T, N, 1 + copies)``; each ``[t]`` is a label matrix for
+    :func:`scaleup_jax.scaleup.spc_from_labels`.
+  """
+  images = check_images(images)
+  if copies < 1:
+    raise InputError(f'copies must be >= 1; got {copies}')
+  shape = images.shape[1:]
+
+  @jax.jit
+  def fn(v, x, idx, s, k):
+    keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(idx)
+    noise = jax.vmap(lambda kk: jax.random.normal(kk, (copies, *shape)))(keys)  # (B, c, H, W, C)
+    classify = lambda z: jnp.argmax(apply_fn(v, z), axis=-1).astype(jnp.int32)
+    noisy = jax.lax.map(lambda e: classify(jnp.clip(x + s * e, 0.0, 1.0)),
+                        jnp.moveaxis(noise, 1, 0))  # (c, B)
+    return jnp.concatenate([classify(x)[:, None], noisy.T], axis=1)
+
+  idx = np.arange(images.shape[0], dtype=np.int32)
+  out = []
+  for t, std in enumerate(stds):
+    if std < 0:
+      raise InputError(f'noise std must be >= 0; got {std}')
+    k = jax.random.fold_in(key, t)
+    out.append(map_batches(lambda i: fn(variables, images[i], i, jnp.float32(std), k), idx,
+                           batch_size, f'noise {std:g}', progress))
+  return np.stack(out)
+
+
+# ------------------------------------------------------------------ shared state
+
+
+def _split(arr, sizes: dict) -> dict:
+  """Splits axis 0 (or axis 1 for 3-d stacks over stds) of ``arr`` into named consecutive parts."""
+  out, start = {}, 0
+  for name, n in sizes.items():
+    out[name] = arr[start : start + n] if arr.ndim < 3 else arr[:, start : start + n]
+    start += n
+  return out
+
+
+class Context:
+  """Options plus caches shared by the experiments: runs, evaluation sets, label matrices."""
+
+  def __init__(self, opts: ReproduceOptions):
+    self.opts = opts
+    self.out = Path(opts.out)
+    self.ckpt = Path(opts.ckpt) if opts.ckpt else evaluate.DEFAULT_CKPT
+    self.clean_ckpt = Path(opts.clean_ckpt) if opts.clean_ckpt else CLEAN_CKPT
+    if opts.ckpts:
+      self.attacked = [Path(c) for c in opts.ckpts]
+    elif opts.ckpt:
+      self.attacked = [self.ckpt]
+    else:
+      self.attacked = compare_lib.zoo_attacked_models()
+    self._evals: dict = {}
+    self._labels: dict = {}
+    self._runs: dict = {}
+
+  def eval_set(self, ckpt) -> evaluate.EvalSet:
+    """The defender/evaluation split of an attacked model (same as ``eval.compare``'s)."""
+    key = str(Path(ckpt).absolute())
+    if key not in self._evals:
+      o = self.opts
+      self._evals[key] = evaluate.prepare_eval_set(evaluate.DetectOptions(
+          ckpt=str(ckpt), data_dir=o.data_dir, num_images=o.num_images,
+          num_defense_per_class=o.num_defense_per_class, batch_size=o.batch_size, seed=o.seed,
+          plot=False, progress=False))
+      self._runs[key] = self._evals[key].run
+    return self._evals[key]
+
+  def run(self, ckpt) -> ckpt_lib.LoadedRun:
+    key = str(Path(ckpt).absolute())
+    if key not in self._runs:
+      self._runs[key] = ckpt_lib.load_run(ckpt)
+    return self._runs[key]
+
+  def labels(self, ckpt) -> dict:
+    """Label matrices over :data:`ALL_SCALES`: ``{'benign', 'poisoned', 'defense'}``."""
+    key = str(Path(ckpt).absolute())
+    if key not in self._labels:
+      ev = self.eval_set(ckpt)
+      run, o = ev.run, self.opts
+      parts = {'benign': ev.benign.images, 'poisoned': ev.poisoned_images[: ev.num_poisoned],
+               'defense': ev.test.images[ev.defense_idx]}
+      lm = label_matrix(run.apply_fn, run.variables, np.concatenate(list(parts.values())),
+                        ALL_SCALES, o.batch_size, o.progress, f'{Path(ckpt).name} labels')
+      self._labels[key] = _split(lm, {k: len(v) for k, v in parts.items()})
+    return self._labels[key]
+
+  def scaleup_scores(self, ckpt, scales=DEFAULT_SCALES, defense_mask=None) -> dict:
+    """SCALE-UP scores of one model from the cached label matrices.
+
+    Args:
+      ckpt: an attacked run directory.
+      scales: a subset of :data:`ALL_SCALES`.
+      defense_mask: boolean ``(M,)`` over the defender images to fit the
+        data-limited statistics on (default all).
+
+    Returns:
+      ``{'data-free': (benign (Nb,), positives (Np,)), 'data-limited': (...)}``.
+    """
+    ev, lms = self.eval_set(ckpt), self.labels(ckpt)
+    return _scores_from_labels(lms, ev.run.target, ev.test.num_classes, scales, defense_mask)
+
+
+def _scores_from_labels(lms: dict, target: int, num_classes: int, scales, defense_mask=None):
+  """SCALE-UP scores from label matrices over :data:`ALL_SCALES`, sliced to ``scales``."""
+  sl = {k: slice_label_matrix(v, ALL_SCALES, scales) for k, v in lms.items()}
+  return _consistency_scores(sl, target, num_classes, defense_mask)
+
+
+def _consistency_scores(lms: dict, target: int, num_classes: int, defense_mask=None) -> dict:
+  """Data-free and data-limited scores from ``{'benign', 'poisoned', 'defense'}`` label matrices.
+
+  Positives are the poisoned images predicted (column 0) as ``target``; the
+  data-limited statistics are fit on the defender images (``defense_mask``).
+  """
+  spc = {k: scaleup.spc_from_labels(v) for k, v in lms.items()}
+  pred = {k: v[:, 0] for k, v in lms.items()}
+  fooled = pred['poisoned'] == target
+  if not fooled.any():
+    raise InputError('no poisoned image is classified as the target (ASR = 0): no positives')
+  d = np.ones(len(spc['defense']), bool) if defense_mask is None else defense_mask
+  stats = scaleup.fit_class_stats(spc['defense'][d], pred['defense'][d], num_classes,
+                                  num_scales=lms['defense'].shape[1] - 1)
+  dl = {k: scaleup.data_limited_scores(spc[k], pred[k], stats) for k in ('benign', 'poisoned')}
+  return {'data-free': (spc['benign'], spc['poisoned'][fooled]),
+          'data-limited': (dl['benign'], dl['poisoned'][fooled])}
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save_figure(fig, path: Path, command: str) -> str:
+  """Saves ``fig`` with the command that made it printed along the bottom."""
+  if command:
+    fig.text(0.005, 0.005, f'$ {command}', fontsize=6, color='0.35', family='monospace',
+             ha='left', va='bottom')
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+  else:
+    fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  _plt().close(fig)
+  return path.name
+
+
+def _write_md(ctx: Context, name: str, lines: list[str]) -> str:
+  path = ctx.out / f'{name}.md'
+  head = [f'# {TITLES[name]}', '']
+  if ctx.opts.command:
+    head += [f'Command: `{ctx.opts.command}`', '']
+  path.write_text('\n'.join(head + lines).rstrip() + '\n')
+  return path.name
+
+
+def _fmt(v) -> str:
+  return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{v:.3f}'
+
+
+def _aurocs(scores: dict) -> dict:
+  return {mode: detection_metrics(b, p)['auroc'] for mode, (b, p) in scores.items()}
+
+
+# ------------------------------------------------------------------ experiments
+
+
+def table1(ctx: Context) -> dict:
+  """AUROC per attacked model x detector through ``compare.compare``, with bootstrap CIs.
+
+  The intervals are recomputed from the score files ``evaluate_detection``
+  writes (``<detector>.scores.npz``). For SCALE-UP's data-limited column the
+  scores are rebuilt from the stored SPC and predictions and the ``class_stats``
+  of ``scaleup.json``, and checked against the AUROC compare reports.
+  """
+  o = ctx.opts
+  if not ctx.attacked:
+    raise Skipped(f'needs attacked models: none found under {str(ZOO)!r}; pass --ckpts')
+  out = ctx.out / 'table1'
+  summary = compare_lib.compare(compare_lib.CompareOptions(
+      ckpts=tuple(str(c) for c in ctx.attacked), detectors=tuple(o.detectors),
+      num_images=o.num_images, num_defense_per_class=o.num_defense_per_class,
+      batch_size=o.batch_size, seed=o.seed, data_dir=o.data_dir, out=str(out),
+      progress=o.progress, command=o.command))
+  rows, titles, mat = compare_lib.auroc_matrix(summary)
+  cols = compare_lib._columns(summary['detectors'])
+  intervals: dict = {}
+  for i, model in enumerate(rows):
+    intervals[model] = {}
+    for j, (title, det, mode) in enumerate(cols):
+      if np.isnan(mat[i, j]):
+        continue
+      b, p = _stored_scores(out / model / f'{det}.json', mode)
+      ci = bootstrap_auroc(b, p, o.num_bootstrap, seed=o.seed)
+      ci['auroc_compare'] = float(mat[i, j])
+      ci['matches_compare'] = bool(abs(ci['auroc'] - mat[i, j]) < 1e-6)
+      intervals[model][title] = ci
+
+  lines = [f"{summary['num_images']} evaluation images per model (before poisoning), "
+           f"{summary['num_defense_per_class']} defender images per class, seed {o.seed}; "
+           f'positives are the poisoned images the attack fooled. Cells: AUROC '
+           f'[{o.num_bootstrap}-resample percentile-bootstrap 95% interval; benign and '
+           f'positive scores resampled independently].', '',
+           '| model | attack | BA | ASR | ' + ' | '.join(titles) + ' |',
+           '|---|---|---:|---:|' + '---:|' * len(titles)]
+  for i, model in enumerate(rows):
+    first = next(iter(summary['results'][model].values()))
+    cells = []
+    for title in titles:
+      ci = intervals[model].get(title)
+      cells.append('–' if ci is None else f"{ci['auroc']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]")
+    lines.append(f"| {model} | {first['attack']} | {first['ba']:.3f} | {first['asr']:.3f} | "
+                 + ' | '.join(cells) + ' |')
+  paper = {f'{a} / {c}': v for (a, c), v in PAPER_AUROC.items()}
+  lines += ['', PAPER_NOTE if not paper else
+            'Paper (CIFAR-10): ' + '; '.join(f'{k}: {v[0]} ({v[1]})' for k, v in paper.items()),
+            '', f"Raw comparison (throughput too): [table1/compare.md](table1/compare.md)."]
+  md = _write_md(ctx, 'table1', lines)
+
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(titles) * max(1, len(rows)) ** 0.5 + 2), 3.6))
+  width = 0.8 / max(1, len(rows))
+  for i, model in enumerate(rows):
+    xs, ys, err = [], [], [[], []]
+    for j, title in enumerate(titles):
+      ci = intervals[model].get(title)
+      if ci is None:
+        continue
+      xs.append(j + (i - (len(rows) - 1) / 2) * width)
+      ys.append(ci['auroc'])
+      err[0].append(ci['auroc'] - ci['low'])
+      err[1].append(ci['high'] - ci['auroc'])
+    ax.errorbar(xs, ys, yerr=err, fmt='o', capsize=3, label=model)
+  ax.axhline(0.5, color='k', ls=':', lw=0.8)
+  ax.set_xticks(range(len(titles)), titles, rotation=30, ha='right', fontsize=8)
+  ax.set_ylabel('AUROC (95% bootstrap CI)')
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize=7)
+  ax.set_title('Detection AUROC per model and detector')
+  png = _save_figure(fig, ctx.out / 'table1.png', o.command)
+  return {'models': rows, 'columns': titles, 'auroc': intervals, 'paper': paper,
+          'paper_note': None if paper else PAPER_NOTE, 'compare_json': 'table1/compare.json',
+          'md': md, 'png': png}
+
+
+def _stored_scores(json_path: Path, mode: str):
+  """``(benign, positives)`` of one column from ``evaluate_detection``'s JSON and score file."""
+  npz = json_path.with_suffix('.scores.npz')
+  if not npz.is_file():
+    raise InputError(f'score file {str(npz)!r} is missing')
+  s = np.load(npz)
+  b, p, fooled = s['benign_score'], s['poisoned_score'], s['successful']
+  if mode == 'data-limited':
+    cs = json.loads(json_path.read_text())['class_stats']
+    stats = scaleup.ClassStats(np.asarray(cs['mean'], np.float32), np.asarray(cs['std'], np.float32),
+                               np.asarray(cs['count']), 0.0, 1.0, cs['min_std'])
+    b = scaleup.data_limited_scores(b, s['benign_pred'], stats)
+    p = scaleup.data_limited_scores(p, s['poisoned_pred'], stats)
+  return b, p[fooled]
+
+
+def fig2(ctx: Context) -> dict:
+  """Mean confidence on the original label vs n = 1..11, benign vs poisoned, clean vs attacked.
+
+  Benign images are the attacked model's evaluation images; poisoned images are
+  those of a non-target class with the attacked model's trigger (all of them,
+  fooled or not), fed to both models.
+  """
+  o = ctx.opts
+  ev = ctx.eval_set(ctx.ckpt)
+  sets = {'benign': ev.benign.images, 'poisoned': ev.poisoned_images[: ev.num_poisoned]}
+  panels = {'clean model': ctx.clean_ckpt, 'attacked model': ctx.ckpt}
+  result = {'factors': list(FIG2_FACTORS), 'models': {}, 'trigger_from': str(ctx.ckpt)}
+  for title, path in panels.items():
+    if not Path(path).is_dir():
+      result['models'][title] = {'skipped': f'no run directory {str(path)!r}'}
+      continue
+    run = ev.run if Path(path).absolute() == Path(ctx.ckpt).absolute() else ctx.run(path)
+    entry = {'ckpt': str(path)}
+    _, conf = scaled_confidences(run.apply_fn, run.variables, np.concatenate(list(sets.values())),
+                                 FIG2_FACTORS, o.batch_size, o.progress)
+    for name, c in _split(conf, {k: len(v) for k, v in sets.items()}).items():
+      entry[name] = {'mean': c.mean(0).tolist(), 'std': c.std(0).tolist(), 'count': int(len(c))}
+    result['models'][title] = entry
+
+  plt = _plt()
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+  for ax, (title, entry) in zip(axes, result['models'].items()):
+    ax.set_title(title if 'skipped' not in entry else f"{title}: skipped")
+    for name, color in (('benign', 'tab:blue'), ('poisoned', 'tab:red')):
+      if name not in entry:
+        continue
+      m, s = np.asarray(entry[name]['mean']), np.asarray(entry[name]['std'])
+      ax.plot(FIG2_FACTORS, m, 'o-', color=color, label=f"{name} ({entry[name]['count']})")
+      ax.fill_between(FIG2_FACTORS, m - s, m + s, color=color, alpha=0.15)
+    ax.set_xlabel('multiplication factor n')
+    ax.set_xticks(FIG2_FACTORS)
+    ax.legend(fontsize=8)
+  axes[0].set_ylabel('confidence on the original label')
+  png = _save_figure(fig, ctx.out / 'fig2.png', o.command)
+  lines = ['Mean (± std, shaded in the figure) softmax probability of the label predicted '
+           'at n = 1, on clip(n x, 0, 1). Poisoned images carry the attacked model\'s trigger '
+           f'(`{ctx.ckpt.name}`) for both models.', '',
+           '| model | images | ' + ' | '.join(f'n={n:g}' for n in FIG2_FACTORS) + ' |',
+           '|---|---|' + '---:|' * len(FIG2_FACTORS)]
+  for title, entry in result['models'].items():
+    if 'skipped' in entry:
+      lines.append(f"| {title} | skipped: {entry['skipped']} |")
+      continue
+    for name in sets:
+      lines.append(f'| {title} | {name} | ' + ' | '.join(_fmt(v) for v in entry[name]['mean']) + ' |')
+  result.update(md=_write_md(ctx, 'fig2', lines), png=png)
+  return result
+
+
+def fig3(ctx: Context) -> dict:
+  """SPC (default scales) of the benign evaluation images, grouped by true class."""
+  o = ctx.opts
+  ev = ctx.eval_set(ctx.ckpt)
+  spc = scaleup.spc_from_labels(slice_label_matrix(ctx.labels(ctx.ckpt)['benign'], ALL_SCALES,
+                                                   DEFAULT_SCALES))
+  labels, k, target = ev.benign.labels, ev.test.num_classes, ev.run.target
+  per_class = {}
+  for c in range(k):
+    v = spc[labels == c]
+    per_class[c] = {'count': int(v.size), 'mean': float(v.mean()) if v.size else None,
+                    'std': float(v.std()) if v.size else None,
+                    'median': float(np.median(v)) if v.size else None}
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7, 3.6))
+  present = [c for c in range(k) if per_class[c]['count']]
+  box = ax.boxplot([spc[labels == c] for c in present], positions=present, widths=0.6,
+                   patch_artist=True, showmeans=True)
+  for c, patch in zip(present, box['boxes']):
+    patch.set_facecolor('tab:red' if c == target else 'tab:blue')
+    patch.set_alpha(0.5)
+  ax.set_xticks(range(k), [f'{c}*' if c == target else str(c) for c in range(k)])
+  ax.set_xlabel(f'true class (* = target class {target})')
+  ax.set_ylabel('SPC (benign images)')
+  ax.set_ylim(-0.05, 1.05)
+  ax.set_title(f'SPC per class, {ctx.ckpt.name}, S = {{{", ".join(f"{s:g}" for s in DEFAULT_SCALES)}}}')
+  png = _save_figure(fig, ctx.out / 'fig3.png', o.command)
+  lines = [f'Benign evaluation images of `{ctx.ckpt.name}`, SPC with S = '
+           f'{{{", ".join(f"{s:g}" for s in DEFAULT_SCALES)}}}; target class {target}.', '',
+           '| true class | images | mean SPC | std | median |', '|---|---:|---:|---:|---:|']
+  for c, r in per_class.items():
+    name = f'**{c} (target)**' if c == target else str(c)
+    lines.append(f"| {name} | {r['count']} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {_fmt(r['median'])} |")
+  return {'ckpt': str(ctx.ckpt), 'target': target, 'per_class': per_class,
+          'md': _write_md(ctx, 'fig3', lines), 'png': png}
+
+
+def roc(ctx: Context) -> dict:
+  """ROC curves of SCALE-UP (data-free and data-limited), one panel per attacked model."""
+  o = ctx.opts
+  if not ctx.attacked:
+    raise Skipped('needs attacked models; pass --ckpts')
+  plt = _plt()
+  n = len(ctx.attacked)
+  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+  result = {'models': {}}
+  for ax, ckpt in zip(axes[0], ctx.attacked):
+    scores = ctx.scaleup_scores(ckpt)
+    entry = {}
+    for mode, (b, p) in scores.items():
+      m = detection_metrics(b, p)
+      entry[mode] = {k: m[k] for k in ('auroc', 'tpr@0.01fpr_interp', 'tpr@0.05fpr_interp',
+                                       'num_benign', 'num_poisoned')}
+      fpr, tpr = roc_points(b, p)
+      ax.plot(fpr, tpr, label=f"{mode} ({m['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+    ax.set_title(Path(ckpt).name, fontsize=9)
+    ax.set_xlabel('false-positive rate')
+    ax.legend(fontsize=7, loc='lower right')
+    result['models'][Path(ckpt).name] = entry
+  axes[0][0].set_ylabel('true-positive rate')
+  png = _save_figure(fig, ctx.out / 'roc.png', o.command)
+  lines = ['SCALE-UP, S = {3, 5, 7, 9, 11}; TPRs read off the ROC curve (interpolated).', '',
+           '| model | mode | AUROC | TPR@1% FPR | TPR@5% FPR | benign | positives |',
+           '|---|---|---:|---:|---:|---:|---:|']
+  for model, entry in result['models'].items():
+    for mode, m in entry.items():
+      lines.append(f"| {model} | {mode} | {m['auroc']:.3f} | {m['tpr@0.01fpr_interp']:.3f} | "
+                   f"{m['tpr@0.05fpr_interp']:.3f} | {m['num_benign']} | {m['num_poisoned']} |")
+  result.update(md=_write_md(ctx, 'roc', lines), png=png)
+  return result
+
+
+def ablation_scales(ctx: Context) -> dict:
+  """AUROC vs scale set, every set sliced from one label matrix over :data:`ALL_SCALES`."""
+  o = ctx.opts
+  rows = []
+  for subset in SCALE_SETS:
+    a = _aurocs(ctx.scaleup_scores(ctx.ckpt, subset))
+    rows.append({'scales': list(subset), 'size': len(subset), **a})
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  labels = ['{' + ','.join(f'{s:g}' for s in r['scales'][:5]) + (',..' if r['size'] > 5 else '')
+            + '}' for r in rows]
+  for mode in ('data-free', 'data-limited'):
+    ax.plot(range(len(rows)), [r[mode] for r in rows], 'o-', label=mode)
+  ax.set_xticks(range(len(rows)), labels, rotation=25, ha='right', fontsize=7)
+  ax.set_xlabel('scale set S')
+  ax.set_ylabel('AUROC')
+  ax.set_title(f'AUROC vs scale set, {ctx.ckpt.name}', fontsize=9)
+  ax.legend(fontsize=8)
+  png = _save_figure(fig, ctx.out / 'ablation_scales.png', o.command)
+  lines = [f'`{ctx.ckpt.name}`; one label matrix over S = {{{", ".join(f"{s:g}" for s in ALL_SCALES)}}}, '
+           'sliced per set.', '', '| S | size | AUROC data-free | AUROC data-limited |',
+           '|---|---:|---:|---:|']
+  for r in rows:
+    lines.append(f"| {{{', '.join(f'{s:g}' for s in r['scales'])}}} | {r['size']} | "
+                 f"{r['data-free']:.3f} | {r['data-limited']:.3f} |")
+  return {'ckpt': str(ctx.ckpt), 'rows': rows, 'md': _write_md(ctx, 'ablation_scales', lines),
+          'png': png}
+
+
+def ablation_defense_size(ctx: Context) -> dict:
+  """Data-limited AUROC vs benign images per class, mean ± std over seeded draws.
+
+  Draws ``m`` images per true class from the defender's images (``m`` at most
+  ``num_defense_per_class``; larger sizes are reported as skipped) with
+  ``numpy.random.default_rng((seed, draw, m))``. Classes with fewer than two
+  images *predicted* in them use the global statistics (``fit_class_stats``).
+  """
+  o = ctx.opts
+  ev = ctx.eval_set(ctx.ckpt)
+  pool_labels = ev.test.labels[ev.defense_idx]
+  k = ev.test.num_classes
+  available = int(min(np.sum(pool_labels == c) for c in range(k)))
+  data_free = _aurocs(ctx.scaleup_scores(ctx.ckpt))['data-free']
+  rows, skipped = [], []
+  for m in o.defense_sizes:
+    if m > available:
+      skipped.append(m)
+      continue
+    vals = []
+    for draw in o.defense_seeds:
+      rng = np.random.default_rng((o.seed, int(draw), int(m)))
+      mask = np.zeros(len(pool_labels), bool)
+      for c in range(k):
+        mask[rng.choice(np.flatnonzero(pool_labels == c), m, replace=False)] = True
+      vals.append(_aurocs(ctx.scaleup_scores(ctx.ckpt, defense_mask=mask))['data-limited'])
+    rows.append({'per_class': int(m), 'mean': float(np.mean(vals)), 'std': float(np.std(vals)),
+                 'aurocs': [float(v) for v in vals]})
+  if not rows:
+    raise Skipped(f'every defense size {list(o.defense_sizes)} exceeds the {available} defender '
+                  'images per class; raise --num_defense_per_class')
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  ax.errorbar([r['per_class'] for r in rows], [r['mean'] for r in rows],
+              yerr=[r['std'] for r in rows], fmt='o-', capsize=3, label='data-limited')
+  ax.axhline(data_free, color='tab:orange', ls='--', label=f'data-free ({data_free:.3f})')
+  ax.set_xscale('log')
+  ax.set_xlabel('benign images per class')
+  ax.set_ylabel(f'AUROC (mean ± std, {len(o.defense_seeds)} draws)')
+  ax.set_title(f'Data-limited AUROC vs defender images, {ctx.ckpt.name}', fontsize=9)
+  ax.legend(fontsize=8)
+  png = _save_figure(fig, ctx.out / 'ablation_defense_size.png', o.command)
+  lines = [f'`{ctx.ckpt.name}`, S = {{3, 5, 7, 9, 11}}; {len(o.defense_seeds)} draws per size '
+           f'(seeds {list(o.defense_seeds)}); data-free AUROC {data_free:.3f}.', '',
+           '| images per class | AUROC mean | std |', '|---:|---:|---:|']
+  lines += [f"| {r['per_class']} | {r['mean']:.3f} | {r['std']:.3f} |" for r in rows]
+  if skipped:
+    lines += ['', f'Skipped sizes {skipped}: more than the {available} defender images per class.']
+  return {'ckpt': str(ctx.ckpt), 'rows': rows, 'data_free_auroc': data_free,
+          'skipped_sizes': skipped, 'md': _write_md(ctx, 'ablation_defense_size', lines),
+          'png': png}
+
+
+def ablation_noise(ctx: Context) -> dict:
+  """Consistency under additive Gaussian noise (``noise_copies`` draws) vs under scaling."""
+  o = ctx.opts
+  ev = ctx.eval_set(ctx.ckpt)
+  run, target, k = ev.run, ev.run.target, ev.test.num_classes
+  images = {'benign': ev.benign.images, 'poisoned': ev.poisoned_images[: ev.num_poisoned],
+            'defense': ev.test.images[ev.defense_idx]}
+  scaling = _aurocs(ctx.scaleup_scores(ctx.ckpt))
+  key = jax.random.fold_in(jax.random.key(o.seed), 11)
+  lms = noise_label_matrix(run.apply_fn, run.variables, np.concatenate(list(images.values())),
+                           o.noise_stds, o.noise_copies, key, o.batch_size, o.progress)
+  parts = _split(lms, {n: len(v) for n, v in images.items()})
+  rows = []
+  for t, std in enumerate(o.noise_stds):
+    # The noisy copies play the role of the scales; scored exactly like SPC.
+    scores = _consistency_scores({n: v[t] for n, v in parts.items()}, target, k)
+    rows.append({'std': float(std), **_aurocs(scores)})
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for mode, color in (('data-free', 'tab:blue'), ('data-limited', 'tab:orange')):
+    ax.plot([r['std'] for r in rows], [r[mode] for r in rows], 'o-', color=color,
+            label=f'noise, {mode}')
+    ax.axhline(scaling[mode], color=color, ls='--', lw=1, label=f'scaling, {mode}')
+  ax.set_xlabel('noise std (pixels in [0, 1])')
+  ax.set_ylabel('AUROC')
+  ax.set_title(f'Noise vs amplification, {ctx.ckpt.name}', fontsize=9)
+  ax.legend(fontsize=7)
+  png = _save_figure(fig, ctx.out / 'ablation_noise.png', o.command)
+  lines = [f'`{ctx.ckpt.name}`. Consistency = fraction of {o.noise_copies} noisy queries '
+           'clip(x + std e, 0, 1), e ~ N(0, I), with the unperturbed prediction; scored and '
+           'standardised exactly as SPC.', '',
+           '| perturbation | AUROC data-free | AUROC data-limited |', '|---|---:|---:|',
+           f"| scaling, S = {{3, 5, 7, 9, 11}} | {scaling['data-free']:.3f} | {scaling['data-limited']:.3f} |"]
+  lines += [f"| Gaussian noise, std {r['std']:g} | {r['data-free']:.3f} | {r['data-limited']:.3f} |"
+            for r in rows]
+  return {'ckpt': str(ctx.ckpt), 'noise_copies': o.noise_copies, 'scaling': scaling, 'rows': rows,
+          'md': _write_md(ctx, 'ablation_noise', lines), 'png': png}
+
+
+def _existing(paths, flag: str, what: str) -> list[Path]:
+  if not paths:
+    raise Skipped(f'needs models: {what} (pass {flag})')
+  missing = [str(p) for p in paths if not Path(p).is_dir()]
+  if missing:
+    raise Skipped(f'needs models: {what}; missing run directories {missing}')
+  return [Path(p) for p in paths]
+
+
+def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter) -> dict:
+  o = ctx.opts
+  rows = []
+  for p in paths:
+    ev = ctx.eval_set(p)
+    rows.append({'ckpt': str(p), x_name: getter(ev.run.config), 'asr': float(np.mean(
+        ctx.labels(p)['poisoned'][:, 0] == ev.run.target)), **_aurocs(ctx.scaleup_scores(p))})
+  rows.sort(key=lambda r: r[x_name])
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for mode in ('data-free', 'data-limited'):
+    ax.plot([r[x_name] for r in rows], [r[mode] for r in rows], 'o-', label=mode)
+  ax.set_xlabel(x_name.replace('_', ' '))
+  ax.set_ylabel('AUROC')
+  ax.legend(fontsize=8)
+  png = _save_figure(fig, ctx.out / f'{name}.png', o.command)
+  lines = [f'| model | {x_name} | ASR | AUROC data-free | AUROC data-limited |',
+           '|---|---:|---:|---:|---:|']
+  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {r['asr']:.3f} | {r['data-free']:.3f} | "
+            f"{r['data-limited']:.3f} |" for r in rows]
+  return {'rows': rows, 'md': _write_md(ctx, name, lines), 'png': png}
+
+
+def poison_rate(ctx: Context) -> dict:
+  """SCALE-UP AUROC vs the poisoning rate of the models in ``rate_ckpts``."""
+  paths = _existing(ctx.opts.rate_ckpts, '--rate_ckpts',
+                    'attacked models trained at several poisoning rates')
+  return _sweep(ctx, 'poison_rate', paths, 'poison_rate', lambda c: float(c.poison_rate))
+
+
+def trigger_size(ctx: Context) -> dict:
+  """SCALE-UP AUROC vs the trigger size (``attack_kwargs.size``) of ``size_ckpts``."""
+  paths = _existing(ctx.opts.size_ckpts, '--size_ckpts',
+                    'attacked models trained with several trigger sizes')
+  return _sweep(ctx, 'trigger_size', paths, 'trigger_size',
+                lambda c: float(c.attack_kwargs.get('size', float('nan'))))
+
+
+def adaptive(ctx: Context) -> dict:
+  """The adaptive attack: SCALE-UP AUROC, and ASR under Gaussian noise, vs the BadNets model.
+
+  ASR at noise std ``s`` is the fraction of poisoned (non-target, triggered)
+  evaluation images predicted as the target after ``clip(x + s e, 0, 1)``.
+  """
+  o = ctx.opts
+  paths = _existing([o.adaptive_ckpt] if o.adaptive_ckpt else [], '--adaptive_ckpt',
+                    'a model trained with the adaptive attack (train/configs/adaptive_resnet20.py)')
+  models = {'adaptive': paths[0], 'reference': ctx.ckpt}
+  result = {'noise_stds': [float(s) for s in o.adaptive_noise_stds], 'models': {}}
+  key = jax.random.fold_in(jax.random.key(o.seed), 13)
+  for role, path in models.items():
+    ev = ctx.eval_set(path)
+    run = ev.run
+    pois = ev.poisoned_images[: ev.num_poisoned]
+    lm = noise_label_matrix(run.apply_fn, run.variables, pois, o.adaptive_noise_stds, 1, key,
+                            o.batch_size, o.progress)  # (T, N, 2)
+    asr = [float(v) for v in np.mean(lm[:, :, 1] == run.target, axis=1)]
+    result['models'][role] = {'ckpt': str(path), 'attack': run.config.attack, 'asr': asr,
+                              **_aurocs(ctx.scaleup_scores(path))}
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for role, r in result['models'].items():
+    ax.plot(result['noise_stds'], r['asr'], 'o-', label=f"{role} ({Path(r['ckpt']).name})")
+  ax.set_xlabel('Gaussian noise std on poisoned images')
+  ax.set_ylabel('attack success rate')
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize=7)
+  png = _save_figure(fig, ctx.out / 'adaptive.png', o.command)
+  lines = ['| model | attack | AUROC data-free | AUROC data-limited | '
+           + ' | '.join(f'ASR@{s:g}' for s in result['noise_stds']) + ' |',
+           '|---|---|---:|---:|' + '---:|' * len(result['noise_stds'])]
+  for role, r in result['models'].items():
+    lines.append(f"| {role}: {Path(r['ckpt']).name} | {r['attack']} | {r['data-free']:.3f} | "
+                 f"{r['data-limited']:.3f} | " + ' | '.join(f'{a:.3f}' for a in r['asr']) + ' |')
+  result.update(md=_write_md(ctx, 'adaptive', lines), png=png)
+  return result
+
+
+FUNCTIONS: dict[str, Callable[[Context], dict]] = {
+    'table1': table1, 'fig2': fig2, 'fig3': fig3, 'roc': roc, 'ablation_scales': ablation_scales,
+    'ablation_defense_size': ablation_defense_size, 'ablation_noise': ablation_noise,
+    'poison_rate': poison_rate, 'trigger_size': trigger_size, 'adaptive': adaptive,
+}
+
+
+# ------------------------------------------------------------------ driver
+
+
+def reproduce(opts: ReproduceOptions) -> dict:
+  """Runs the chosen experiments; writes ``reproduce.json`` and ``summary.md`` under ``opts.out``.
+
+  Returns:
+    The JSON dictionary: options, device, and per experiment either its result
+    (with ``status: 'ok'``, ``seconds``, ``md`` and ``png`` file names) or
+    ``{'status': 'skipped', 'reason': ...}``.
+  """
+  opts = resolve_options(opts)
+  ctx = Context(opts)
+  ctx.out.mkdir(parents=True, exist_ok=True)
+  names = [e for e in EXPERIMENTS if not opts.only or e in opts.only]
+  results = {}
+  t_start = time.time()
+  for name in tqdm(names, desc='experiments', disable=not opts.progress, dynamic_ncols=True):
+    t0 = time.time()
+    try:
+      r = FUNCTIONS[name](ctx)
+      results[name] = {'status': 'ok', 'seconds': round(time.time() - t0, 1), **r}
+    except Skipped as e:
+      results[name] = {'status': 'skipped', 'reason': str(e)}
+  opt_dict = {k: (list(v) if isinstance(v, tuple) else v)
+              for k, v in dataclasses.asdict(opts).items()}
+  summary = {'command': opts.command, 'options': opt_dict, 'device': jax.devices()[0].device_kind,
+             'jax_version': jax.__version__, 'wall_seconds': round(time.time() - t_start, 1),
+             'experiments': results}
+  (ctx.out / 'reproduce.json').write_text(json.dumps(summary, indent=2, default=_jsonable))
+  (ctx.out / 'summary.md').write_text(summary_markdown(summary))
+  summary['out'] = str(ctx.out)
+  return summary
+
+
+def _jsonable(v):
+  if isinstance(v, (np.integer, np.floating)):
+    return v.item()
+  if isinstance(v, np.ndarray):
+    return v.tolist()
+  if isinstance(v, Path):
+    return str(v)
+  raise TypeError(f'not JSON-serialisable: {type(v).__name__}')
+
+
+def summary_markdown(summary: dict) -> str:
+  """``summary.md``: one section per experiment linking its table and figure."""
+  o = summary['options']
+  lines = ['# SCALE-UP reproduction (CPU scale)', '',
+           f"Command: `{summary['command']}`" if summary['command'] else '', '',
+           f"{'Quick (test-sized) run. ' if o['quick'] else ''}{o['num_images']} evaluation "
+           f"images per model before poisoning, {o['num_defense_per_class']} defender images per "
+           f"class, seed {o['seed']}; device {summary['device']}, jax {summary['jax_version']}; "
+           f"wall time {summary['wall_seconds']:.0f} s. Numbers: [reproduce.json](reproduce.json).",
+           '', '| experiment | status | table | figure |', '|---|---|---|---|']
+  for name, r in summary['experiments'].items():
+    if r['status'] == 'ok':
+      lines.append(f"| {TITLES[name]} | ok ({r['seconds']:.0f} s) | [{r['md']}]({r['md']}) | "
+                   f"[{r['png']}]({r['png']}) |")
+    else:
+      lines.append(f"| {TITLES[name]} | skipped: {r['reason']} | – | – |")
+  for name, r in summary['experiments'].items():
+    if r['status'] != 'ok':
+      continue
+    lines += ['', f'## {TITLES[name]}', '', f"Table: [{r['md']}]({r['md']})", '',
+              f"![{name}]({r['png']})"]
+  lines += ['', f'Every table and figure was made by `{summary["command"]}`.' if summary['command']
+            else '']
+  return '\n'.join(lines).rstrip() + '\n'

@@ -1,0 +1,167 @@
+"""eval.reproduce: bootstrap intervals, scale-set slicing, Fig. 2 confidences, quick end to end."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from conftest import ROOT, requires_cifar
+from scaleup_jax import reproduce, scaleup, train
+from scaleup_jax.validation import InputError
+from train.configs import badnets_resnet20
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+  work = tmp_path_factory.mktemp('quick') / 'run'
+  train.train_and_evaluate(badnets_resnet20.get_config('quick'), str(work))
+  return work
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_perfect_separation_is_exactly_one():
+  ci = reproduce.bootstrap_auroc(np.arange(30.0), 100 + np.arange(20.0), 500, seed=3)
+  assert ci['auroc'] == 1.0 and ci['low'] == 1.0 and ci['high'] == 1.0
+
+
+def test_bootstrap_identical_distributions_contain_half():
+  x = np.random.default_rng(0).normal(size=300)
+  ci = reproduce.bootstrap_auroc(x, x.copy(), 1000, seed=0)
+  assert ci['auroc'] == pytest.approx(0.5)
+  assert ci['low'] < 0.5 < ci['high'] and ci['high'] - ci['low'] < 0.2
+
+
+def test_bootstrap_point_matches_sklearn_with_ties_and_is_seeded():
+  rng = np.random.default_rng(1)
+  b = rng.integers(0, 6, 200) / 5.0  # SPC-like, many ties
+  p = rng.integers(2, 6, 150) / 5.0
+  ci = reproduce.bootstrap_auroc(b, p, 300, seed=7)
+  y = np.r_[np.zeros(b.size), np.ones(p.size)]
+  assert ci['auroc'] == pytest.approx(roc_auc_score(y, np.r_[b, p]), abs=1e-12)
+  assert ci['low'] <= ci['auroc'] <= ci['high']
+  assert ci == reproduce.bootstrap_auroc(b, p, 300, seed=7)
+  assert ci != reproduce.bootstrap_auroc(b, p, 300, seed=8)
+
+
+def test_bootstrap_rejects_empty():
+  with pytest.raises(InputError, match='benign and poisoned'):
+    reproduce.bootstrap_auroc([], [1.0])
+
+
+# ---------------------------------------------------------------- scale-set slicing
+
+
+def _toy_classifier(x):
+  """A label that moves under amplification: the decile of the mean pixel."""
+  return jnp.clip(jnp.floor(x.mean(axis=(1, 2, 3)) * 10), 0, 9).astype(jnp.int32)
+
+
+@pytest.mark.parametrize('subset', list(reproduce.SCALE_SETS) + [(5.0, 11.0), (15.0, 3.0)])
+def test_sliced_label_matrix_equals_recomputing_with_the_subset(subset):
+  x = jax.random.uniform(jax.random.key(0), (64, 4, 4, 3)) * jnp.linspace(0.02, 0.5, 64)[:, None, None, None]
+  full = np.asarray(scaleup.scaleup_labels(_toy_classifier, x, reproduce.ALL_SCALES))
+  direct = np.asarray(scaleup.scaleup_labels(_toy_classifier, x, subset))
+  sliced = reproduce.slice_label_matrix(full, reproduce.ALL_SCALES, subset)
+  np.testing.assert_array_equal(sliced, direct)
+  np.testing.assert_array_equal(scaleup.spc_from_labels(sliced), scaleup.spc_from_labels(direct))
+  assert len(np.unique(scaleup.spc_from_labels(full))) > 1  # the case is not trivial
+
+
+def test_slice_rejects_missing_scale():
+  with pytest.raises(InputError, match='missing'):
+    reproduce.slice_label_matrix(np.zeros((2, 3), int), (3.0, 5.0), (3.0, 4.0))
+
+
+def test_label_matrix_of_a_model_matches_the_detector(tiny_model):
+  model, variables = tiny_model
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (10, 32, 32, 3)))
+  lm = reproduce.label_matrix(apply_fn, variables, x, reproduce.ALL_SCALES, batch_size=4)
+  preds, spc = scaleup.make_detector(apply_fn)(variables, x)
+  sliced = reproduce.slice_label_matrix(lm, reproduce.ALL_SCALES, scaleup.DEFAULT_SCALES)
+  np.testing.assert_array_equal(sliced[:, 0], preds)
+  np.testing.assert_allclose(scaleup.spc_from_labels(sliced), spc)
+
+
+# ---------------------------------------------------------------- Fig. 2, noise
+
+
+def test_fig2_confidence_at_n1_is_max_softmax(tiny_model):
+  model, variables = tiny_model
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  x = np.asarray(jax.random.uniform(jax.random.key(2), (6, 32, 32, 3)))
+  preds, conf = reproduce.scaled_confidences(apply_fn, variables, x, reproduce.FIG2_FACTORS,
+                                             batch_size=4)
+  probs = np.asarray(jax.nn.softmax(apply_fn(variables, x), axis=-1))
+  assert conf.shape == (6, 11) and preds.shape == (6,)
+  np.testing.assert_array_equal(preds, probs.argmax(-1))
+  np.testing.assert_allclose(conf[:, 0], probs.max(-1), rtol=1e-5, atol=1e-6)
+  assert np.all((conf >= 0) & (conf <= 1))
+
+
+def test_noise_label_matrix_is_batch_invariant_and_exact_at_zero(tiny_model):
+  model, variables = tiny_model
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (6, 32, 32, 3)))
+  key = jax.random.key(5)
+  a = reproduce.noise_label_matrix(apply_fn, variables, x, (0.0, 0.5), 3, key, batch_size=4)
+  b = reproduce.noise_label_matrix(apply_fn, variables, x, (0.0, 0.5), 3, key, batch_size=6)
+  assert a.shape == (2, 6, 4)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(a[0], np.repeat(a[0][:, :1], 4, axis=1))  # std 0: no change
+
+
+def test_unknown_experiment_is_an_input_error():
+  with pytest.raises(InputError, match="unknown experiment"):
+    reproduce.resolve_options(reproduce.ReproduceOptions(only=('fig9',)))
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@requires_cifar
+def test_quick_reproduce_end_to_end(quick_run, tmp_path):
+  out = tmp_path / 'repro'
+  cmd = [sys.executable, '-m', 'eval.reproduce', '--quick', '--ckpt', str(quick_run),
+         '--clean_ckpt', str(quick_run), '--adaptive_ckpt', str(quick_run), '--out', str(out),
+         '--noprogress']
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((out / 'reproduce.json').read_text())
+  exps = res['experiments']
+  assert list(exps) == list(reproduce.EXPERIMENTS)
+  for name in ('poison_rate', 'trigger_size'):
+    assert exps[name]['status'] == 'skipped' and 'needs models' in exps[name]['reason']
+  summary = (out / 'summary.md').read_text()
+  assert 'python -m eval.reproduce --quick' in summary
+  for name, e in exps.items():
+    if name in ('poison_rate', 'trigger_size'):
+      continue
+    assert e['status'] == 'ok', (name, e)
+    assert (out / e['md']).is_file() and (out / e['png']).is_file()
+    assert f"({e['png']})" in summary and 'Command: `python -m eval.reproduce' in (out / e['md']).read_text()
+  # table1 reuses compare.compare, and its bootstrap columns reproduce compare's AUROCs.
+  assert (out / 'table1' / 'compare.json').is_file()
+  cis = exps['table1']['auroc'][quick_run.name]
+  assert set(cis) == {'SCALE-UP (data-free)', 'SCALE-UP (data-limited)'}
+  for ci in cis.values():
+    assert ci['matches_compare'] and ci['low'] <= ci['auroc'] <= ci['high']
+  # The same split and scales give the same SCALE-UP AUROC in table1, roc and the S = {3..11} row.
+  free = cis['SCALE-UP (data-free)']['auroc']
+  assert exps['roc']['models'][quick_run.name]['data-free']['auroc'] == pytest.approx(free)
+  row = next(r for r in exps['ablation_scales']['rows'] if r['size'] == 5)
+  assert row['data-free'] == pytest.approx(free)
+  assert len(exps['ablation_scales']['rows']) == len(reproduce.SCALE_SETS)
+  assert exps['fig2']['factors'] == list(range(1, 12))
+  assert len(exps['fig2']['models']['attacked model']['benign']['mean']) == 11
+  assert [r['per_class'] for r in exps['ablation_defense_size']['rows']] == [1, 2, 5]
+  assert len(exps['ablation_noise']['rows']) == 2
+  assert exps['adaptive']['models']['adaptive']['asr'][0] == pytest.approx(
+      exps['adaptive']['models']['reference']['asr'][0])
