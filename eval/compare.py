@@ -3,6 +3,7 @@
   python -m eval.compare                                  # every attacked zoo model
   python -m eval.compare --out docs/results/compare       # what the docs show
   python -m eval.compare --ckpts zoo/cifar10_badnets_resnet20 --detectors scaleup,strip
+  python -m eval.compare --ckpts zoo/cifar10_wanet_resnet20 --merge --out docs/results/compare
 
 Writes compare.json, compare.md (tables) and auroc.png (heat map) under --out.
 """
@@ -26,6 +27,7 @@ flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_integer('seed', 0, 'Seed of the split and of the detectors.')
 flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR).')
 flags.DEFINE_string('out', 'runs/compare', 'Output directory.')
+flags.DEFINE_bool('merge', False, "Keep other models' rows of an existing --out/compare.json (same settings).")
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
 
@@ -39,6 +41,7 @@ def main(argv):
         ckpts=tuple(FLAGS.ckpts), detectors=tuple(FLAGS.detectors), num_images=FLAGS.num_images,
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, data_dir=FLAGS.data_dir, out=FLAGS.out, progress=FLAGS.progress,
+        merge=FLAGS.merge,
         command='python -m eval.compare ' + ' '.join(sys.argv[1:]))
     summary = compare.compare(opts)
     print(compare.markdown_tables(summary))

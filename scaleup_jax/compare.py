@@ -46,6 +46,7 @@ class CompareOptions:
   out: str = 'runs/compare'
   progress: bool = True
   command: str = ''  # recorded in the outputs
+  merge: bool = False  # keep the other models' rows of an existing <out>/compare.json
 
 
 def zoo_attacked_models(zoo: Path = ZOO) -> list[Path]:
@@ -87,12 +88,40 @@ def compare(opts: CompareOptions) -> dict:
       'num_images': opts.num_images, 'num_defense_per_class': opts.num_defense_per_class,
       'seed': opts.seed, 'device': jax.devices()[0].device_kind,
       'wall_seconds': round(time.time() - t_start, 1), 'results': results,
+      'row_commands': {c.name: opts.command for c in ckpts},
   }
+  if opts.merge:
+    summary = _merge(out / 'compare.json', summary)
   (out / 'compare.json').write_text(json.dumps(summary, indent=2))
   (out / 'compare.md').write_text(markdown_tables(summary))
   plot_auroc(summary, out / 'auroc.png')
   summary['out'] = str(out)
   return summary
+
+
+def _merge(path: Path, new: dict) -> dict:
+  """``new`` plus the rows of the summary at ``path`` for models ``new`` did not evaluate.
+
+  Raises:
+    InputError: if the stored summary used other settings (detectors, image
+      counts, seed), so its rows would not be comparable.
+  """
+  if not path.is_file():
+    return new
+  old = json.loads(path.read_text())
+  keys = ('detectors', 'num_images', 'num_defense_per_class', 'seed')
+  diff = {k: (old.get(k), new[k]) for k in keys if old.get(k) != new[k]}
+  if diff:
+    raise InputError(f'cannot merge into {str(path)!r}: settings differ (stored, new): {diff}')
+  results = {m: r for m, r in old['results'].items() if m not in new['results']}
+  results.update(new['results'])
+  row_commands = {m: old.get('row_commands', {}).get(m, old.get('command', ''))
+                  for m in results}
+  row_commands.update(new['row_commands'])
+  models = [m for m in old['models'] if Path(m).name not in new['results']] + new['models']
+  return {**new, 'results': dict(sorted(results.items())), 'models': models,
+          'row_commands': row_commands,
+          'wall_seconds': old.get('wall_seconds', 0) + new['wall_seconds']}
 
 
 def _columns(names) -> list[tuple[str, str, str]]:
@@ -122,7 +151,9 @@ def auroc_matrix(summary: dict):
 def markdown_tables(summary: dict) -> str:
   """The AUROC and throughput tables as markdown."""
   rows, titles, mat = auroc_matrix(summary)
-  lines = [f"Command: `{summary['command']}`" if summary['command'] else '', '',
+  cmds = sorted(set(summary.get('row_commands', {}).values()) - {summary['command']})
+  lines = [f"Command: `{summary['command']}`" if summary['command'] else '',
+           ('Rows merged from: ' + ', '.join(f'`{c}`' for c in cmds)) if cmds else '', '',
            f"{summary['num_images']} evaluation images per model (before poisoning), "
            f"{summary['num_defense_per_class']} defender images per class, seed {summary['seed']}; "
            f"positives are the poisoned images the attack fooled; device: {summary['device']}; "

@@ -142,3 +142,14 @@ def test_compare_table(quick_run, tmp_path):
   assert (tmp_path / 'cmp' / 'auroc.png').is_file()
   with pytest.raises(ValueError, match="unknown detector 'nope'"):
     compare.compare(dataclasses.replace(opts, detectors=('nope',)))
+  # Merging keeps rows of other models and refuses other settings.
+  other = tmp_path / 'other_run'
+  shutil.copytree(quick_run, other)
+  merged = compare.compare(dataclasses.replace(opts, ckpts=(str(other),), merge=True,
+                                               command='test2'))
+  assert set(merged['results']) == {quick_run.name, 'other_run'}
+  assert merged['results'][quick_run.name] == json.loads(
+      json.dumps(summary['results'][quick_run.name]))
+  assert 'Rows merged from: `test`' in (tmp_path / 'cmp' / 'compare.md').read_text()
+  with pytest.raises(ValueError, match='settings differ'):
+    compare.compare(dataclasses.replace(opts, ckpts=(str(other),), merge=True, num_images=20))
