@@ -217,6 +217,10 @@ def test_clean_label_attacks(name, tmp_path):
   checkpoint.save_run_files(tmp_path, config, out.trigger, idx)
   again = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
   np.testing.assert_allclose(again.train.images, out.train.images, atol=1e-6)
+  # ... but not if the attack settings changed since: that would mix two poisonings.
+  config.attack_kwargs.eps = 4 / 255
+  with pytest.raises(InputError, match=r'other attack settings than this run \(attack_kwargs\.eps: saved 0\.031\d*, now 0\.0156'):
+    attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
 
 
 def test_issba_recipe(tmp_path):
@@ -233,3 +237,13 @@ def test_issba_recipe(tmp_path):
   again = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
   np.testing.assert_allclose(again.train.images, out.train.images, atol=1e-6)
   assert again.info['encoder'] == out.info['encoder']
+  assert again.info['encoder']['settings']['attack_kwargs']['secret_len'] == 16
+  config.attack_kwargs.secret_len = 8
+  with pytest.raises(InputError, match='secret_len'):
+    attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
+  # An info file from before settings were recorded is still accepted.
+  info_file = tmp_path / 'trigger_encoder_info.json'
+  legacy = json.loads(info_file.read_text())
+  del legacy['settings']
+  info_file.write_text(json.dumps(legacy))
+  assert attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path).trigger.kind == 'encoder'

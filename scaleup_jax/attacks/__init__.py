@@ -143,15 +143,52 @@ def _info_file(workdir, kind: str, info: dict | None = None) -> dict:
   return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _cached_trigger(workdir, kind: str):
-  """The trigger saved in ``workdir/trigger.npz`` by an earlier start of this run."""
+def _settings(config) -> dict:
+  """What an expensive trigger or poison cache depends on (saved beside it, checked on reuse)."""
+  settings = {'attack': config.attack, 'attack_kwargs': _kwargs(config),
+              'seed': config.get('seed', None), 'target_label': config.target_label,
+              'dataset': config.get('dataset', None),
+              'max_train_examples': config.get('max_train_examples', None) or 0}
+  return json.loads(json.dumps(settings, sort_keys=True, default=float))
+
+
+def _check_settings(saved: dict | None, now: dict, what: Path) -> None:
+  """Raises :class:`InputError` if ``what`` was made with other attack settings than ``now``.
+
+  Files written before settings were recorded (``saved`` None) are accepted.
+  """
+  if saved is None or saved == now:
+    return
+
+  def flat(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+    return out
+
+  saved, now = flat(saved), flat(now)
+  keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  diff = '; '.join(f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}' for k in keys)
+  raise InputError(f'{what} was made with other attack settings than this run ({diff}). '
+                   'The checkpoints beside it were trained on that poisoning: use a new '
+                   '--workdir, or restore the old settings to resume.')
+
+
+def _cached_trigger(workdir, kind: str, settings: dict):
+  """The trigger saved in ``workdir/trigger.npz`` by an earlier start of this run.
+
+  Raises :class:`InputError` if its info file records other ``settings``.
+  """
   if workdir is None:
     return None
   f = Path(workdir) / 'trigger.npz'
   if not f.is_file():
     return None
   trig, _ = poison.load_trigger(f)
-  return trig if trig.kind == kind else None
+  if trig.kind != kind:
+    return None
+  _check_settings(_info_file(workdir, kind).get('settings'), settings, f)
+  return trig
 
 
 # ------------------------------------------------------------------ builders
@@ -219,15 +256,17 @@ def _issba(key, train, config, kw, workdir):
   k_trigger, k_poison = jax.random.split(key)
   opts = _pop(kw, {'secret_len': 16, 'steps': 3000, 'encoder_images': 10000})
   opts.update(kw)
-  trigger = _cached_trigger(workdir, 'encoder')
+  settings = _settings(config)
+  trigger = _cached_trigger(workdir, 'encoder', settings)
   if trigger is None:
     n = min(int(opts.pop('encoder_images')), len(train))
     sub = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), len(train)))[:n]
     trigger, info = issba.issba_trigger_from_training(
         k_trigger, train.images[sub], secret_len=opts.pop('secret_len'),
         steps=opts.pop('steps'), progress=config.get('progress', True), **opts)
-    info = _info_file(workdir, 'encoder', {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
-                                           for k, v in dict(info).items()})
+    info = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
+            for k, v in dict(info).items()}
+    info = _info_file(workdir, 'encoder', {**info, 'settings': settings})
   else:
     info = _info_file(workdir, 'encoder')
   out = _dirty_label(k_poison, train, config, trigger)
@@ -244,9 +283,12 @@ def _label_consistent(key, train, config, kw, workdir):
   trigger = adversarial.label_consistent_trigger(k_trigger, train.images.shape[1:], **kw)
   idx = _clean_label_indices(k_poison, train, config)
   cache = Path(workdir) / 'poison_cache.npz' if workdir is not None else None
+  settings = _settings(config)
   adv = None
   if cache is not None and cache.is_file():
     with np.load(cache) as z:
+      saved = json.loads(str(z['settings'])) if 'settings' in z.files else None
+      _check_settings(saved, settings, cache)
       if np.array_equal(z['indices'], idx):
         adv = z['images']
   if adv is None:
@@ -255,7 +297,7 @@ def _label_consistent(key, train, config, kw, workdir):
                                   train.labels[idx], progress=config.get('progress', True),
                                   **pgd)
     if cache is not None:
-      np.savez_compressed(cache, indices=idx, images=adv)
+      np.savez_compressed(cache, indices=idx, images=adv, settings=json.dumps(settings))
   images = np.array(train.images, copy=True)
   images[idx] = trigger.apply(adv)
   flags = np.zeros(len(train), np.int32)
@@ -271,8 +313,9 @@ def _tuap(key, train, config, kw, workdir):
   opts = _pop(kw, {'eps': 8 / 255, 'steps': 300, 'batch_size': 128, 'uap_images': 5000})
   clean_ckpt = kw.pop('clean_ckpt', 'zoo/cifar10_clean_resnet20')
   opts.update(kw)
-  trigger = _cached_trigger(workdir, 'additive')
-  info = {'uap': dict(opts), 'clean_ckpt': str(clean_ckpt)}
+  settings = _settings(config)
+  trigger = _cached_trigger(workdir, 'additive', settings)
+  info = {'uap': dict(opts), 'clean_ckpt': str(clean_ckpt), 'settings': settings}
   if trigger is None:
     clean = _load_clean_model(clean_ckpt)
     n = min(int(opts.pop('uap_images')), len(train))
