@@ -26,8 +26,11 @@ The experiments, each a function ``f(ctx) -> dict`` of this module:
 * ``ablation_noise``: consistency under additive Gaussian noise instead of
   amplification (paper Table 7 analog).
 * ``poison_rate``, ``trigger_size``, ``adaptive``: need models trained for
-  them (``rate_ckpts``, ``size_ckpts``, ``adaptive_ckpt``); reported as
-  skipped, not as errors, until those run directories exist.
+  them (``rate_ckpts``, ``size_ckpts``, ``adaptive_ckpt``). Outside quick
+  mode, empty options fall back to the finished runs of
+  ``train/configs/badnets_sweep_resnet20.py`` under ``zoo/sweeps/`` and to
+  ``zoo/cifar10_adaptive_resnet20``; reported as skipped, not as errors,
+  until those run directories exist.
 
 Positives are the poisoned images the attack fooled (predicted as the target),
 as in :mod:`scaleup_jax.evaluate`. Every random choice comes from ``opts.seed``.
@@ -61,6 +64,8 @@ from scaleup_jax.validation import InputError, check_images, check_scales
 
 ZOO = evaluate.ZOO
 CLEAN_CKPT = ZOO / 'cifar10_clean_resnet20'
+SWEEPS = ZOO / 'sweeps'
+ADAPTIVE_CKPT = ZOO / 'cifar10_adaptive_resnet20'
 EXPERIMENTS = ('table1', 'fig2', 'fig3', 'roc', 'ablation_scales', 'ablation_defense_size',
                'ablation_noise', 'poison_rate', 'trigger_size', 'adaptive')
 TITLES = {
@@ -392,7 +397,8 @@ class Context:
       self._labels[key] = _split(lm, {k: len(v) for k, v in parts.items()})
     return self._labels[key]
 
-  def scaleup_scores(self, ckpt, scales=DEFAULT_SCALES, defense_mask=None) -> dict:
+  def scaleup_scores(self, ckpt, scales=DEFAULT_SCALES, defense_mask=None,
+                     all_poisoned: bool = False) -> dict:
     """SCALE-UP scores of one model from the cached label matrices.
 
     Args:
@@ -400,29 +406,37 @@ class Context:
       scales: a subset of :data:`ALL_SCALES`.
       defense_mask: boolean ``(M,)`` over the defender images to fit the
         data-limited statistics on (default all).
+      all_poisoned: positives are all triggered images, not only those the
+        model sends to the target (paper Fig. 7b's second curve).
 
     Returns:
       ``{'data-free': (benign (Nb,), positives (Np,)), 'data-limited': (...)}``.
     """
     ev, lms = self.eval_set(ckpt), self.labels(ckpt)
-    return _scores_from_labels(lms, ev.run.target, ev.test.num_classes, scales, defense_mask)
+    return _scores_from_labels(lms, ev.run.target, ev.test.num_classes, scales, defense_mask,
+                               all_poisoned)
 
 
-def _scores_from_labels(lms: dict, target: int, num_classes: int, scales, defense_mask=None):
+def _scores_from_labels(lms: dict, target: int, num_classes: int, scales, defense_mask=None,
+                        all_poisoned: bool = False):
   """SCALE-UP scores from label matrices over :data:`ALL_SCALES`, sliced to ``scales``."""
   sl = {k: slice_label_matrix(v, ALL_SCALES, scales) for k, v in lms.items()}
-  return _consistency_scores(sl, target, num_classes, defense_mask)
+  return _consistency_scores(sl, target, num_classes, defense_mask, all_poisoned)
 
 
-def _consistency_scores(lms: dict, target: int, num_classes: int, defense_mask=None) -> dict:
+def _consistency_scores(lms: dict, target: int, num_classes: int, defense_mask=None,
+                        all_poisoned: bool = False) -> dict:
   """Data-free and data-limited scores from ``{'benign', 'poisoned', 'defense'}`` label matrices.
 
-  Positives are the poisoned images predicted (column 0) as ``target``; the
-  data-limited statistics are fit on the defender images (``defense_mask``).
+  Positives are the poisoned images predicted (column 0) as ``target``, or
+  every poisoned image with ``all_poisoned``; the data-limited statistics are
+  fit on the defender images (``defense_mask``).
   """
   spc = {k: scaleup.spc_from_labels(v) for k, v in lms.items()}
   pred = {k: v[:, 0] for k, v in lms.items()}
   fooled = pred['poisoned'] == target
+  if all_poisoned:
+    fooled = np.ones_like(fooled)
   if not fooled.any():
     raise InputError('no poisoned image is classified as the target (ASR = 0): no positives')
   d = np.ones(len(spc['defense']), bool) if defense_mask is None else defense_mask
@@ -827,39 +841,80 @@ def _existing(paths, flag: str, what: str) -> list[Path]:
   return [Path(p) for p in paths]
 
 
-def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter) -> dict:
+def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
+           all_poisoned: bool = False) -> dict:
+  """SCALE-UP AUROC per model of a sweep; with ``all_poisoned`` also with every
+  triggered image as a positive (columns ``'<mode> (all)'``)."""
   o = ctx.opts
+  modes = ['data-free', 'data-limited']
   rows = []
   for p in paths:
     ev = ctx.eval_set(p)
-    rows.append({'ckpt': str(p), x_name: getter(ev.run.config), 'asr': float(np.mean(
-        ctx.labels(p)['poisoned'][:, 0] == ev.run.target)), **_aurocs(ctx.scaleup_scores(p))})
+    row = {'ckpt': str(p), x_name: getter(ev.run.config), 'asr': float(np.mean(
+        ctx.labels(p)['poisoned'][:, 0] == ev.run.target)), **_aurocs(ctx.scaleup_scores(p))}
+    if all_poisoned:
+      row.update({f'{m} (all)': v for m, v in
+                  _aurocs(ctx.scaleup_scores(p, all_poisoned=True)).items()})
+    rows.append(row)
   rows.sort(key=lambda r: r[x_name])
+  if all_poisoned:
+    modes += [f'{m} (all)' for m in modes]
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  for mode in ('data-free', 'data-limited'):
-    ax.plot([r[x_name] for r in rows], [r[mode] for r in rows], 'o-', label=mode)
+  for i, mode in enumerate(modes):
+    ax.plot([r[x_name] for r in rows], [r[mode] for r in rows], 'o-' if i < 2 else 's--',
+            color=('tab:blue', 'tab:orange')[i % 2],
+            label=mode.replace('(all)', '(all poisoned)') if i >= 2 else
+            mode + (' (successful poisoned)' if all_poisoned else ''))
   ax.set_xlabel(x_name.replace('_', ' '))
   ax.set_ylabel('AUROC')
-  ax.legend(fontsize=8)
+  if x_name == 'poison_rate':
+    ax.set_xscale('log')
+  ax.legend(fontsize=7)
   png = _save_figure(fig, ctx.out / f'{name}.png', o.command)
-  lines = [f'| model | {x_name} | ASR | AUROC data-free | AUROC data-limited |',
-           '|---|---:|---:|---:|---:|']
-  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {r['asr']:.3f} | {r['data-free']:.3f} | "
-            f"{r['data-limited']:.3f} |" for r in rows]
+  head = ''.join(f' AUROC {m} |' for m in modes)
+  lines = []
+  if all_poisoned:
+    lines += ['Positives: the poisoned test images the model sends to the target (successful), '
+              'and, in the "(all)" columns, every triggered non-target test image.', '']
+  lines += [f'| model | {x_name} | ASR |{head}', '|---|---:|---:|' + '---:|' * len(modes)]
+  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {r['asr']:.3f} |"
+            + ''.join(f' {r[m]:.3f} |' for m in modes) for r in rows]
   return {'rows': rows, 'md': _write_md(ctx, name, lines), 'png': png}
+
+
+def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
+  """Finished BadNets sweep runs under ``sweeps``: ``kind='rate'`` gives those
+  with the sweep's base trigger size, ``kind='size'`` those with its base rate
+  (``train/configs/badnets_sweep_resnet20.py``)."""
+  from train.configs import badnets_sweep_resnet20 as sweep_cfg
+  if not Path(sweeps).is_dir():
+    return []
+  out = []
+  for p in compare_lib.zoo_attacked_models(sweeps):
+    config = json.loads((p / 'config.json').read_text())
+    size = (config.get('attack_kwargs') or {}).get('size')
+    if config.get('attack') != 'badnets':
+      continue
+    if (kind == 'rate' and size == sweep_cfg.BASE_SIZE) or (
+        kind == 'size' and np.isclose(config.get('poison_rate', -1), sweep_cfg.BASE_RATE)):
+      out.append(p)
+  return out
 
 
 def poison_rate(ctx: Context) -> dict:
   """SCALE-UP AUROC vs the poisoning rate of the models in ``rate_ckpts``."""
-  paths = _existing(ctx.opts.rate_ckpts, '--rate_ckpts',
+  paths = ctx.opts.rate_ckpts or ([] if ctx.opts.quick else sweep_models('rate'))
+  paths = _existing(paths, '--rate_ckpts',
                     'attacked models trained at several poisoning rates')
-  return _sweep(ctx, 'poison_rate', paths, 'poison_rate', lambda c: float(c.poison_rate))
+  return _sweep(ctx, 'poison_rate', paths, 'poison_rate', lambda c: float(c.poison_rate),
+                all_poisoned=True)
 
 
 def trigger_size(ctx: Context) -> dict:
   """SCALE-UP AUROC vs the trigger size (``attack_kwargs.size``) of ``size_ckpts``."""
-  paths = _existing(ctx.opts.size_ckpts, '--size_ckpts',
+  paths = ctx.opts.size_ckpts or ([] if ctx.opts.quick else sweep_models('size'))
+  paths = _existing(paths, '--size_ckpts',
                     'attacked models trained with several trigger sizes')
   return _sweep(ctx, 'trigger_size', paths, 'trigger_size',
                 lambda c: float(c.attack_kwargs.get('size', float('nan'))))
@@ -872,7 +927,10 @@ def adaptive(ctx: Context) -> dict:
   evaluation images predicted as the target after ``clip(x + s e, 0, 1)``.
   """
   o = ctx.opts
-  paths = _existing([o.adaptive_ckpt] if o.adaptive_ckpt else [], '--adaptive_ckpt',
+  ckpt = o.adaptive_ckpt
+  if not ckpt and not o.quick and (ADAPTIVE_CKPT / 'metrics.json').is_file():
+    ckpt = ADAPTIVE_CKPT
+  paths = _existing([ckpt] if ckpt else [], '--adaptive_ckpt',
                     'a model trained with the adaptive attack (train/configs/adaptive_resnet20.py)')
   models = {'adaptive': paths[0], 'reference': ctx.ckpt}
   result = {'noise_stds': [float(s) for s in o.adaptive_noise_stds], 'models': {}}

@@ -90,6 +90,18 @@ def test_label_matrix_of_a_model_matches_the_detector(tiny_model):
   np.testing.assert_allclose(scaleup.spc_from_labels(sliced), spc)
 
 
+@pytest.mark.parametrize('all_poisoned, positives', [(False, [1.0]), (True, [1.0, 1.0, 0.0])])
+def test_consistency_scores_successful_or_all_poisoned(all_poisoned, positives):
+  # Column 0 is the prediction, the rest the labels under two scales; target 0.
+  lms = {'benign': np.array([[1, 2, 2], [2, 2, 1]]),
+         'poisoned': np.array([[0, 0, 0], [1, 1, 1], [2, 0, 0]]),
+         'defense': np.array([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0], [2, 2, 0], [2, 0, 2]])}
+  s = reproduce._consistency_scores(lms, 0, 3, all_poisoned=all_poisoned)
+  np.testing.assert_allclose(s['data-free'][0], [0.0, 0.5])
+  np.testing.assert_allclose(s['data-free'][1], positives)
+  assert len(s['data-limited'][1]) == len(positives)
+
+
 # ---------------------------------------------------------------- Fig. 2, noise
 
 
@@ -130,19 +142,20 @@ def test_unknown_experiment_is_an_input_error():
 def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   out = tmp_path / 'repro'
   cmd = [sys.executable, '-m', 'eval.reproduce', '--quick', '--ckpt', str(quick_run),
-         '--clean_ckpt', str(quick_run), '--adaptive_ckpt', str(quick_run), '--out', str(out),
+         '--clean_ckpt', str(quick_run), '--adaptive_ckpt', str(quick_run),
+         '--rate_ckpts', str(quick_run), '--out', str(out),
          '--noprogress']
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads((out / 'reproduce.json').read_text())
   exps = res['experiments']
   assert list(exps) == list(reproduce.EXPERIMENTS)
-  for name in ('poison_rate', 'trigger_size'):
-    assert exps[name]['status'] == 'skipped' and 'needs models' in exps[name]['reason']
+  assert exps['trigger_size']['status'] == 'skipped'
+  assert 'needs models' in exps['trigger_size']['reason']
   summary = (out / 'summary.md').read_text()
   assert 'python -m eval.reproduce --quick' in summary
   for name, e in exps.items():
-    if name in ('poison_rate', 'trigger_size'):
+    if name == 'trigger_size':
       continue
     assert e['status'] == 'ok', (name, e)
     assert (out / e['md']).is_file() and (out / e['png']).is_file()
@@ -163,5 +176,32 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   assert len(exps['fig2']['models']['attacked model']['benign']['mean']) == 11
   assert [r['per_class'] for r in exps['ablation_defense_size']['rows']] == [1, 2, 5]
   assert len(exps['ablation_noise']['rows']) == 2
+  # Fig. 7b: all triggered images as positives never exceed the successful ones' count.
+  (rate_row,) = exps['poison_rate']['rows']
+  assert set(rate_row) >= {'data-free', 'data-limited', 'data-free (all)', 'data-limited (all)'}
+  if rate_row['asr'] == 1.0:
+    assert rate_row['data-free (all)'] == pytest.approx(rate_row['data-free'])
   assert exps['adaptive']['models']['adaptive']['asr'][0] == pytest.approx(
       exps['adaptive']['models']['reference']['asr'][0])
+
+
+def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
+  from train.configs import badnets_sweep_resnet20 as sweep_cfg
+  def fake_run(name, rate, size, attack='badnets', finished=True):
+    d = tmp_path / name
+    (d / 'checkpoints').mkdir(parents=True)
+    (d / 'trigger.npz').write_bytes(b'')
+    (d / 'config.json').write_text(json.dumps(
+        {'attack': attack, 'poison_rate': rate, 'attack_kwargs': {'size': size}}))
+    if finished:
+      (d / 'metrics.json').write_text('{}')
+  base = sweep_cfg.workdir_name(sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE)
+  fake_run(base, sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE)
+  fake_run('r01', 0.01, sweep_cfg.BASE_SIZE)
+  fake_run('s5', sweep_cfg.BASE_RATE, 5)
+  fake_run('other', 0.01, 5)  # on neither sweep's axis
+  fake_run('blend', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='blended')
+  fake_run('unfinished', 0.02, sweep_cfg.BASE_SIZE, finished=False)
+  assert [p.name for p in reproduce.sweep_models('rate', tmp_path)] == [base, 'r01']
+  assert [p.name for p in reproduce.sweep_models('size', tmp_path)] == [base, 's5']
+  assert reproduce.sweep_models('rate', tmp_path / 'absent') == []
