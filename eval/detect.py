@@ -25,7 +25,9 @@ flags.DEFINE_integer('num_defense_per_class', 100, 'Benign images per class for 
 flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_list('scales', ['3', '5', '7', '9', '11'], 'Amplification factors, each >= 1.')
 flags.DEFINE_string('mode', 'both', 'data-free, data-limited or both.')
-flags.DEFINE_string('method', 'vmap', "How scales are batched: 'vmap' (one batch) or 'map' (sequential).")
+flags.DEFINE_string('method', 'auto', "How scales are batched: 'vmap' (one batch), 'map' "
+                    "(sequential) or 'auto' (map on CPU from batch 32, as measured by eval.bench; "
+                    "vmap otherwise).")
 flags.DEFINE_string('detector', 'scaleup', 'Detector: scaleup, strip, shrinkpad, deepsweep, frequency, ibd_psc or teco.')
 flags.DEFINE_list('detector_options', [], 'Baseline options as key=value (numbers parsed), e.g. num_overlays=50.')
 flags.DEFINE_bool('keep_all_poisoned', False, 'Score every poisoned image, not only those the attack fooled.')

@@ -46,7 +46,7 @@ class DetectOptions:
   batch_size: int = 256
   scales: tuple = scaleup.DEFAULT_SCALES
   mode: str = 'both'
-  method: str = 'vmap'
+  method: str = 'auto'  # 'vmap', 'map' or 'auto' (scaleup.resolve_method)
   detector: str = 'scaleup'  # or a baseline of scaleup_jax.detectors.NAMES
   detector_options: dict = dataclasses.field(default_factory=dict)
   keep_all_poisoned: bool = False
@@ -129,6 +129,7 @@ def _check_options(opts: DetectOptions) -> None:
     raise InputError(f'batch_size must be >= 1, got {opts.batch_size}')
   if opts.noise_copies < 0 or opts.noise_std < 0:
     raise InputError(f'noise_copies and noise_std must be >= 0; got {opts.noise_copies}, {opts.noise_std}')
+  scaleup.resolve_method(opts.method, opts.batch_size)  # an unknown method fails here
   name = detectors.canonical_name(opts.detector)
   if name != 'scaleup' and opts.mode == 'data-limited':
     raise InputError(f"--mode data-limited is SCALE-UP's; detector {name!r} has one score")
@@ -172,9 +173,10 @@ def _build_detector(opts: DetectOptions, ev: EvalSet, scales):
   """``(detect(images) -> (preds, scores), forwards_per_image, config)`` for ``opts.detector``."""
   name = detectors.canonical_name(opts.detector)
   if name == 'scaleup':
-    det = scaleup.make_detector(ev.run.apply_fn, scales, opts.method)
+    method = scaleup.resolve_method(opts.method, opts.batch_size)
+    det = scaleup.make_detector(ev.run.apply_fn, scales, method)
     return (lambda x: det(ev.run.variables, x)), 1 + len(scales), {
-        'scales': [float(s) for s in scales], 'method': opts.method}
+        'scales': [float(s) for s in scales], 'method': method}
   options = dict(opts.detector_options)
   defense = ev.defense
   det = detectors.make(name, ev.run.apply_fn, ev.run.variables,
@@ -232,7 +234,7 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
       'ckpt': str(ckpt), 'attack': cfg.attack, 'model': cfg.model, 'detector': name,
       'detector_config': det_config, 'target_label': run.target,
       'scales': [float(s) for s in scales] if name == 'scaleup' else None,
-      'method': opts.method if name == 'scaleup' else None, 'seed': opts.seed, 'ba': ba,
+      'method': det_config['method'] if name == 'scaleup' else None, 'seed': opts.seed, 'ba': ba,
       'asr': asr, 'num_benign': int(len(ev.benign_images)),
       'num_poisoned_total': int(len(ev.poisoned_images)),
       'positives': 'all poisoned' if opts.keep_all_poisoned else 'successfully attacked poisoned',

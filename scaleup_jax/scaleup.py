@@ -43,6 +43,33 @@ from scaleup_jax.validation import InputError, check_images, check_scales
 
 DEFAULT_SCALES = (3.0, 5.0, 7.0, 9.0, 11.0)
 METHODS = ('vmap', 'map')
+# From this batch size up, ``lax.map`` over scales beat one vmapped batch on the
+# 2-core development CPU (docs/performance.md, ``python -m eval.bench``).
+MAP_MIN_BATCH_CPU = 32
+
+
+def resolve_method(method: str, batch_size: int, backend: str | None = None) -> str:
+  """``method``, or for ``'auto'`` the faster measured choice for this backend.
+
+  ``'auto'`` is ``'map'`` on CPU for batches of at least
+  :data:`MAP_MIN_BATCH_CPU` (measured with ``eval.bench``) and ``'vmap'``
+  otherwise, including on accelerators, where one large batch is the usual
+  win (not measured here; run ``eval.bench`` on yours).
+
+  Args:
+    method: ``'auto'``, ``'vmap'`` or ``'map'``.
+    batch_size: images per detector call.
+    backend: ``jax.default_backend()`` when None.
+
+  Returns:
+    ``'vmap'`` or ``'map'``.
+  """
+  if method == 'auto':
+    backend = backend or jax.default_backend()
+    return 'map' if backend == 'cpu' and batch_size >= MAP_MIN_BATCH_CPU else 'vmap'
+  if method not in METHODS:
+    raise InputError(f"unknown method {method!r}; expected 'auto' or one of {METHODS}")
+  return method
 
 
 def spc_from_labels(label_matrix):

@@ -186,3 +186,16 @@ def test_interpolated_tpr_with_tied_scores():
   assert m['tpr@0.05fpr'] == 0.0 and m['achieved_fpr@0.05fpr'] == 0.0
   assert m['tpr@0.05fpr_interp'] == pytest.approx(0.5)
   assert m['auroc'] == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize('method, batch, backend, expected', [
+    ('auto', 256, 'cpu', 'map'), ('auto', 32, 'cpu', 'map'), ('auto', 31, 'cpu', 'vmap'),
+    ('auto', 1, 'cpu', 'vmap'), ('auto', 256, 'gpu', 'vmap'), ('auto', 256, 'tpu', 'vmap'),
+    ('vmap', 256, 'cpu', 'vmap'), ('map', 1, 'gpu', 'map')])
+def test_resolve_method(method, batch, backend, expected):
+  assert scaleup.resolve_method(method, batch, backend) == expected
+
+
+def test_resolve_method_rejects_unknown():
+  with pytest.raises(InputError, match="unknown method 'loop'"):
+    scaleup.resolve_method('loop', 8)
