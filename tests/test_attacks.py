@@ -238,6 +238,13 @@ def test_issba_recipe(tmp_path):
   np.testing.assert_allclose(again.train.images, out.train.images, atol=1e-6)
   assert again.info['encoder'] == out.info['encoder']
   assert again.info['encoder']['settings']['attack_kwargs']['secret_len'] == 16
+  # The residual strength is applied after training: changing it reuses the encoder.
+  config.attack_kwargs.strength = 8.0
+  stronger = attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
+  assert stronger.trigger.strength == 8.0 and stronger.info["strength"] == 8.0
+  assert stronger.info['poisoned_psnr_db'] < out.info['poisoned_psnr_db']
+  np.testing.assert_array_equal(stronger.trigger.params['down0/kernel'],
+                                out.trigger.params['down0/kernel'])
   config.attack_kwargs.secret_len = 8
   with pytest.raises(InputError, match='secret_len'):
     attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)

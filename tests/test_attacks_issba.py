@@ -140,3 +140,31 @@ def test_errors(trained, images):
     issba.train_stegastamp(jax.random.key(0), images, secret_len=L, steps=0, **TINY)
   with pytest.raises(ValueError, match='lack'):
     issba.EncoderTrigger.from_arrays({'secret': trig.secret})
+
+
+@pytest.mark.parametrize('strength', [0.5, 2.0, 4.0])
+def test_strength_scales_the_residual_before_clipping(trained, images, strength):
+  import dataclasses
+  trig, _ = trained
+  x = images[:4]
+  secret = np.broadcast_to(trig.secret, (4, trig.secret_len))
+  base = np.asarray(trig.module.apply(trig.variables(), x, secret))  # the unclipped residual
+  assert np.abs(base).max() > 0
+  np.testing.assert_allclose(trig.apply(x), np.clip(x + base, 0, 1), atol=1e-5)
+  strong = dataclasses.replace(trig, strength=strength)
+  got = strong.apply(x)
+  np.testing.assert_allclose(got, np.clip(x + strength * base, 0, 1), atol=1e-5)
+  back = issba.EncoderTrigger.from_arrays(strong.arrays())
+  assert back.strength == strength
+  np.testing.assert_array_equal(back.apply(x), got)
+
+
+def test_strength_defaults_to_one_for_old_arrays_and_is_validated(trained, images):
+  trig, _ = trained
+  arrays = trig.arrays()
+  del arrays['strength']
+  assert issba.EncoderTrigger.from_arrays(arrays).strength == 1.0
+  import dataclasses
+  for bad in (0.0, -1.0, float('nan')):
+    with pytest.raises(ValueError, match='strength must be a finite number > 0'):
+      dataclasses.replace(trig, strength=bad)

@@ -143,9 +143,11 @@ def _info_file(workdir, kind: str, info: dict | None = None) -> dict:
   return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _settings(config) -> dict:
-  """What an expensive trigger or poison cache depends on (saved beside it, checked on reuse)."""
-  settings = {'attack': config.attack, 'attack_kwargs': _kwargs(config),
+def _settings(config, exclude: tuple = ()) -> dict:
+  """What an expensive trigger or poison cache depends on (saved beside it, checked on reuse);
+  ``exclude`` names ``attack_kwargs`` that do not affect it."""
+  kw = {k: v for k, v in _kwargs(config).items() if k not in exclude}
+  settings = {'attack': config.attack, 'attack_kwargs': kw,
               'seed': config.get('seed', None), 'target_label': config.target_label,
               'dataset': config.get('dataset', None),
               'max_train_examples': config.get('max_train_examples', None) or 0}
@@ -254,9 +256,10 @@ def _wanet(key, train, config, kw, workdir):
 def _issba(key, train, config, kw, workdir):
   from scaleup_jax.attacks import issba
   k_trigger, k_poison = jax.random.split(key)
+  strength = float(kw.pop('strength', 1.0))  # applied to the residual, not part of training
   opts = _pop(kw, {'secret_len': 16, 'steps': 3000, 'encoder_images': 10000})
   opts.update(kw)
-  settings = _settings(config)
+  settings = _settings(config, exclude=('strength',))
   trigger = _cached_trigger(workdir, 'encoder', settings)
   if trigger is None:
     n = min(int(opts.pop('encoder_images')), len(train))
@@ -269,8 +272,13 @@ def _issba(key, train, config, kw, workdir):
     info = _info_file(workdir, 'encoder', {**info, 'settings': settings})
   else:
     info = _info_file(workdir, 'encoder')
+  trigger = dataclasses.replace(trigger, strength=strength)
   out = _dirty_label(k_poison, train, config, trigger)
   out.info['encoder'] = info
+  idx = out.poison_indices
+  mse = np.mean((out.train.images[idx] - train.images[idx]) ** 2, axis=(1, 2, 3))
+  out.info['strength'] = strength
+  out.info['poisoned_psnr_db'] = float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
   return out
 
 

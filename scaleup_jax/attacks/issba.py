@@ -392,18 +392,22 @@ def stegastamp_metrics(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_fixed_secret(module: StegaEncoder, variables, images, secret):
-  """``module.encode`` of ``images`` ``(B, H, W, C)`` with one secret ``(L,)`` for all."""
+def _encode_fixed_secret(module: StegaEncoder, variables, images, secret, strength=1.0):
+  """``clip(images + strength * residual, 0, 1)`` for ``images`` ``(B, H, W, C)`` and one
+  secret ``(L,)`` for all (``module.encode`` at ``strength`` 1)."""
   secret = jnp.broadcast_to(secret, (images.shape[0], secret.shape[0]))
-  return module.apply(variables, images, secret, method=StegaEncoder.encode)
+  residual = module.apply(variables, images, secret)
+  return jnp.clip(images + strength * residual, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderTrigger:
   """An ISSBA trigger: a trained StegaStamp encoder and one fixed secret.
 
-  ``apply(x) = clip(x + encoder(x, secret), 0, 1)``: the secret is the same
-  for every image (ISSBA's target string), the residual is not.
+  ``apply(x) = clip(x + strength * encoder(x, secret), 0, 1)``: the secret is
+  the same for every image (ISSBA's target string), the residual is not.
+  ``strength`` 1 is the encoder as trained; larger values amplify the
+  residual (lower PSNR) without retraining.
 
   Attributes:
     params: flattened encoder parameters, ``'/'``-joined keys (e.g.
@@ -412,6 +416,7 @@ class EncoderTrigger:
     image_shape: ``(H, W, C)`` the encoder was built for.
     widths: encoder U-Net widths.
     secret_map: side of the encoder's secret map.
+    strength: factor on the residual (> 0; 1 = as trained).
     chunk: batch size for numpy inputs (fixed, so the encoder compiles once).
   """
 
@@ -422,6 +427,7 @@ class EncoderTrigger:
   image_shape: tuple[int, int, int] = (32, 32, 3)
   widths: tuple[int, ...] = DEFAULT_ENCODER_WIDTHS
   secret_map: int = DEFAULT_SECRET_MAP
+  strength: float = 1.0
   chunk: int = 256
 
   def __post_init__(self):
@@ -432,6 +438,9 @@ class EncoderTrigger:
     object.__setattr__(self, 'image_shape', tuple(int(s) for s in self.image_shape))
     object.__setattr__(self, 'widths', tuple(int(w) for w in self.widths))
     object.__setattr__(self, 'secret_map', int(self.secret_map))
+    object.__setattr__(self, 'strength', float(self.strength))
+    if not (np.isfinite(self.strength) and self.strength > 0):
+      raise ValueError(f'strength must be a finite number > 0, got {self.strength}')
     if secret.ndim != 1 or not np.all((secret == 0) | (secret == 1)):
       raise ValueError(f'secret must be a 1-D array of 0/1 bits, got shape {secret.shape} '
                        f'and values {np.unique(secret)[:8]}')
@@ -458,7 +467,8 @@ class EncoderTrigger:
         {k: jnp.asarray(v) for k, v in self.params.items()}, sep='/')}
 
   def _encode(self, batch):
-    return _encode_fixed_secret(self.module, self.variables(), batch, jnp.asarray(self.secret))
+    return _encode_fixed_secret(self.module, self.variables(), batch, jnp.asarray(self.secret),
+                                self.strength)
 
   def apply(self, images):
     """Encodes the fixed secret into ``images``.
@@ -495,7 +505,8 @@ class EncoderTrigger:
         secret=self.secret,
         image_shape=np.asarray(self.image_shape, np.int32),
         widths=np.asarray(self.widths, np.int32),
-        secret_map=np.asarray(self.secret_map, np.int32))
+        secret_map=np.asarray(self.secret_map, np.int32),
+        strength=np.asarray(self.strength, np.float32))
     return out
 
   @classmethod
@@ -509,7 +520,8 @@ class EncoderTrigger:
     return cls(params=params, secret=np.asarray(arrays['secret']),
                image_shape=tuple(np.asarray(arrays['image_shape']).tolist()),
                widths=tuple(np.asarray(arrays['widths']).tolist()),
-               secret_map=int(np.asarray(arrays['secret_map'])))
+               secret_map=int(np.asarray(arrays['secret_map'])),
+               strength=float(np.asarray(arrays['strength'])) if 'strength' in arrays else 1.0)
 
 
 def issba_trigger_from_training(
