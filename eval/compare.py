@@ -28,6 +28,7 @@ flags.DEFINE_integer('seed', 0, 'Seed of the split and of the detectors.')
 flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR).')
 flags.DEFINE_string('out', 'runs/compare', 'Output directory.')
 flags.DEFINE_bool('merge', False, "Keep other models' rows of an existing --out/compare.json (same settings).")
+flags.DEFINE_bool('skip_done', False, "With --merge: don't re-run models already in --out/compare.json.")
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
 
@@ -41,7 +42,7 @@ def main(argv):
         ckpts=tuple(FLAGS.ckpts), detectors=tuple(FLAGS.detectors), num_images=FLAGS.num_images,
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, data_dir=FLAGS.data_dir, out=FLAGS.out, progress=FLAGS.progress,
-        merge=FLAGS.merge,
+        merge=FLAGS.merge, skip_done=FLAGS.skip_done,
         command='python -m eval.compare ' + ' '.join(sys.argv[1:]))
     summary = compare.compare(opts)
     print(compare.markdown_tables(summary))

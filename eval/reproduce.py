@@ -31,6 +31,7 @@ flags.DEFINE_integer('num_images', None, 'Evaluation images per model before poi
 flags.DEFINE_integer('num_defense_per_class', None, 'Defender images per class (default 100; quick 5).')
 flags.DEFINE_integer('batch_size', None, 'Images per compiled call (default 256; quick 32).')
 flags.DEFINE_list('detectors', None, 'Detectors of table1 (default: all; quick: scaleup).')
+flags.DEFINE_string('compare_dir', None, 'table1: eval.compare directory to extend (models already there are reused; default --out/table1).')
 flags.DEFINE_integer('num_bootstrap', None, 'Bootstrap resamples of the AUROC intervals (default 1000; quick 200).')
 flags.DEFINE_list('defense_sizes', None, 'ablation_defense_size: benign images per class (default 1,5,10,20,50,100).')
 flags.DEFINE_list('noise_stds', None, 'ablation_noise: Gaussian noise stds (default 0.01,0.03,0.05,0.1,0.2,0.3).')
@@ -63,7 +64,7 @@ def main(argv):
         only=tuple(FLAGS.only), quick=FLAGS.quick, num_images=FLAGS.num_images,
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         detectors=tuple(FLAGS.detectors) if FLAGS.detectors is not None else None,
-        num_bootstrap=FLAGS.num_bootstrap,
+        num_bootstrap=FLAGS.num_bootstrap, compare_dir=FLAGS.compare_dir,
         defense_sizes=_numbers(FLAGS.defense_sizes, int, 'defense_sizes'),
         noise_stds=_numbers(FLAGS.noise_stds, float, 'noise_stds'),
         rate_ckpts=tuple(FLAGS.rate_ckpts), size_ckpts=tuple(FLAGS.size_ckpts),

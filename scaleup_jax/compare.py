@@ -47,6 +47,7 @@ class CompareOptions:
   progress: bool = True
   command: str = ''  # recorded in the outputs
   merge: bool = False  # keep the other models' rows of an existing <out>/compare.json
+  skip_done: bool = False  # with merge: models already in <out>/compare.json are not re-run
 
 
 def zoo_attacked_models(zoo: Path = ZOO) -> list[Path]:
@@ -66,6 +67,11 @@ def compare(opts: CompareOptions) -> dict:
     raise InputError(f'no attacked model found under {str(ZOO)!r}; pass --ckpts')
   out = Path(opts.out)
   out.mkdir(parents=True, exist_ok=True)
+  settings = {'detectors': list(names), 'num_images': opts.num_images,
+              'num_defense_per_class': opts.num_defense_per_class, 'seed': opts.seed}
+  old = _stored_summary(out / 'compare.json', settings) if opts.merge else None
+  if opts.skip_done and old is not None:
+    ckpts = [c for c in ckpts if not _row_done(old, out, c.name, names)]
   results = {}
   t_start = time.time()
   for ckpt in ckpts:
@@ -84,14 +90,13 @@ def compare(opts: CompareOptions) -> dict:
                                            'num_positives', 'detector_config', 'attack')}
     results[ckpt.name] = per_model
   summary = {
-      'command': opts.command, 'detectors': list(names), 'models': [str(c) for c in ckpts],
-      'num_images': opts.num_images, 'num_defense_per_class': opts.num_defense_per_class,
-      'seed': opts.seed, 'device': jax.devices()[0].device_kind,
+      'command': opts.command, 'models': [str(c) for c in ckpts], **settings,
+      'device': jax.devices()[0].device_kind,
       'wall_seconds': round(time.time() - t_start, 1), 'results': results,
       'row_commands': {c.name: opts.command for c in ckpts},
   }
-  if opts.merge:
-    summary = _merge(out / 'compare.json', summary)
+  if old is not None:
+    summary = _merge(old, summary)
   (out / 'compare.json').write_text(json.dumps(summary, indent=2))
   (out / 'compare.md').write_text(markdown_tables(summary))
   plot_auroc(summary, out / 'auroc.png')
@@ -99,20 +104,33 @@ def compare(opts: CompareOptions) -> dict:
   return summary
 
 
-def _merge(path: Path, new: dict) -> dict:
-  """``new`` plus the rows of the summary at ``path`` for models ``new`` did not evaluate.
+def _stored_summary(path: Path, settings: dict) -> dict | None:
+  """The summary at ``path`` (None if absent), checked to have ``settings``.
 
   Raises:
     InputError: if the stored summary used other settings (detectors, image
-      counts, seed), so its rows would not be comparable.
+      counts, seed), so its rows would not be comparable, or is not JSON.
   """
   if not path.is_file():
-    return new
-  old = json.loads(path.read_text())
-  keys = ('detectors', 'num_images', 'num_defense_per_class', 'seed')
-  diff = {k: (old.get(k), new[k]) for k in keys if old.get(k) != new[k]}
+    return None
+  try:
+    old = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise InputError(f'cannot merge into {str(path)!r}: not valid JSON ({e})') from None
+  diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
   if diff:
     raise InputError(f'cannot merge into {str(path)!r}: settings differ (stored, new): {diff}')
+  return old
+
+
+def _row_done(old: dict, out: Path, model: str, names) -> bool:
+  """Whether ``old`` has ``model``'s row for every detector, with its score files on disk."""
+  row = old.get('results', {}).get(model, {})
+  return all(n in row and (out / model / f'{n}.scores.npz').is_file() for n in names)
+
+
+def _merge(old: dict, new: dict) -> dict:
+  """``new`` plus the rows of the stored summary ``old`` for models ``new`` did not evaluate."""
   results = {m: r for m, r in old['results'].items() if m not in new['results']}
   results.update(new['results'])
   row_commands = {m: old.get('row_commands', {}).get(m, old.get('command', ''))

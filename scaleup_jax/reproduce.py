@@ -8,11 +8,13 @@ directories) and writes, under ``opts.out``::
     summary.md              links to every table and figure, with the command
     <experiment>.md/.png    one table and one figure per experiment
     table1/                 the raw output of :func:`scaleup_jax.compare.compare`
+                            (or ``opts.compare_dir``, which table1 extends)
 
 The experiments, each a function ``f(ctx) -> dict`` of this module:
 
 * ``table1``: AUROC per attacked model x detector (paper Table 1) through
-  :func:`scaleup_jax.compare.compare`, plus percentile-bootstrap intervals
+  :func:`scaleup_jax.compare.compare` (models already in its directory with the
+  same settings are reused, so the table grows one model at a time), plus percentile-bootstrap intervals
   (:func:`bootstrap_auroc`) from the per-detector score files it writes.
 * ``fig2``: mean softmax confidence on the originally predicted label vs the
   multiplication factor n = 1..11, benign vs poisoned, clean vs attacked model
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -122,6 +125,7 @@ class ReproduceOptions:
   num_defense_per_class: int | None = None
   batch_size: int | None = None
   detectors: tuple | None = None  # table1's detectors
+  compare_dir: str | None = None  # table1's eval.compare directory (reused rows); None: <out>/table1
   num_bootstrap: int | None = None
   defense_sizes: tuple | None = None  # ablation_defense_size: benign images per class
   defense_seeds: tuple | None = None
@@ -501,12 +505,12 @@ def table1(ctx: Context) -> dict:
   o = ctx.opts
   if not ctx.attacked:
     raise Skipped(f'needs attacked models: none found under {str(ZOO)!r}; pass --ckpts')
-  out = ctx.out / 'table1'
+  out = Path(o.compare_dir) if o.compare_dir else ctx.out / 'table1'
   summary = compare_lib.compare(compare_lib.CompareOptions(
       ckpts=tuple(str(c) for c in ctx.attacked), detectors=tuple(o.detectors),
       num_images=o.num_images, num_defense_per_class=o.num_defense_per_class,
       batch_size=o.batch_size, seed=o.seed, data_dir=o.data_dir, out=str(out),
-      progress=o.progress, command=o.command))
+      progress=o.progress, command=o.command, merge=True, skip_done=True))
   rows, titles, mat = compare_lib.auroc_matrix(summary)
   cols = compare_lib._columns(summary['detectors'])
   intervals: dict = {}
@@ -539,7 +543,8 @@ def table1(ctx: Context) -> dict:
   paper = {f'{a} / {c}': v for (a, c), v in PAPER_AUROC.items()}
   lines += ['', PAPER_NOTE if not paper else
             'Paper (CIFAR-10): ' + '; '.join(f'{k}: {v[0]} ({v[1]})' for k, v in paper.items()),
-            '', f"Raw comparison (throughput too): [table1/compare.md](table1/compare.md)."]
+            '', f"Raw comparison (throughput too): [{_rel(out / 'compare.md', ctx.out)}]"
+            f"({_rel(out / 'compare.md', ctx.out)})."]
   md = _write_md(ctx, 'table1', lines)
 
   plt = _plt()
@@ -564,8 +569,13 @@ def table1(ctx: Context) -> dict:
   ax.set_title('Detection AUROC per model and detector')
   png = _save_figure(fig, ctx.out / 'table1.png', o.command)
   return {'models': rows, 'columns': titles, 'auroc': intervals, 'paper': paper,
-          'paper_note': None if paper else PAPER_NOTE, 'compare_json': 'table1/compare.json',
+          'paper_note': None if paper else PAPER_NOTE, 'compare_json': _rel(out / 'compare.json', ctx.out),
           'md': md, 'png': png}
+
+
+def _rel(path: Path, start: Path) -> str:
+  """``path`` relative to ``start`` (with ``..`` where needed), for links in markdown."""
+  return Path(os.path.relpath(Path(path).absolute(), Path(start).absolute())).as_posix()
 
 
 def _stored_scores(json_path: Path, mode: str):
@@ -985,15 +995,19 @@ def reproduce(opts: ReproduceOptions) -> dict:
   ctx = Context(opts)
   ctx.out.mkdir(parents=True, exist_ok=True)
   names = [e for e in EXPERIMENTS if not opts.only or e in opts.only]
+  kept = _kept_results(ctx.out / 'reproduce.json', opts) if opts.only else {}
+  settings = {'command': opts.command, 'num_images': opts.num_images,
+              'num_defense_per_class': opts.num_defense_per_class, 'seed': opts.seed}
   results = {}
   t_start = time.time()
   for name in tqdm(names, desc='experiments', disable=not opts.progress, dynamic_ncols=True):
     t0 = time.time()
     try:
       r = FUNCTIONS[name](ctx)
-      results[name] = {'status': 'ok', 'seconds': round(time.time() - t0, 1), **r}
+      results[name] = {'status': 'ok', 'seconds': round(time.time() - t0, 1), **r, **settings}
     except Skipped as e:
-      results[name] = {'status': 'skipped', 'reason': str(e)}
+      results[name] = {'status': 'skipped', 'reason': str(e), **settings}
+  results = {e: results.get(e, kept.get(e)) for e in EXPERIMENTS if e in results or e in kept}
   opt_dict = {k: (list(v) if isinstance(v, tuple) else v)
               for k, v in dataclasses.asdict(opts).items()}
   summary = {'command': opts.command, 'options': opt_dict, 'device': jax.devices()[0].device_kind,
@@ -1003,6 +1017,25 @@ def reproduce(opts: ReproduceOptions) -> dict:
   (ctx.out / 'summary.md').write_text(summary_markdown(summary))
   summary['out'] = str(ctx.out)
   return summary
+
+
+def _kept_results(path: Path, opts: ReproduceOptions) -> dict:
+  """Experiments of an earlier ``reproduce.json`` at ``path`` that this run keeps.
+
+  A run restricted by ``opts.only`` updates its experiments and keeps the
+  others' results (each records the command that made it), so the tables can be
+  built one experiment at a time. Nothing is kept from a missing or unreadable
+  file, or from a run of the other mode (quick vs full).
+  """
+  if not path.is_file():
+    return {}
+  try:
+    old = json.loads(path.read_text())
+    if bool(old['options']['quick']) != bool(opts.quick):
+      return {}
+    return {k: v for k, v in old['experiments'].items() if k in EXPERIMENTS}
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return {}
 
 
 def _jsonable(v):
@@ -1016,14 +1049,17 @@ def _jsonable(v):
 
 
 def summary_markdown(summary: dict) -> str:
-  """``summary.md``: one section per experiment linking its table and figure."""
+  """``summary.md``: one section per experiment linking its table and figure.
+
+  Each experiment names the command that produced it (experiments kept from an
+  earlier ``--only`` run keep theirs) and its image counts and seed.
+  """
   o = summary['options']
   lines = ['# SCALE-UP reproduction (CPU scale)', '',
-           f"Command: `{summary['command']}`" if summary['command'] else '', '',
-           f"{'Quick (test-sized) run. ' if o['quick'] else ''}{o['num_images']} evaluation "
-           f"images per model before poisoning, {o['num_defense_per_class']} defender images per "
-           f"class, seed {o['seed']}; device {summary['device']}, jax {summary['jax_version']}; "
-           f"wall time {summary['wall_seconds']:.0f} s. Numbers: [reproduce.json](reproduce.json).",
+           f"Latest command: `{summary['command']}`" if summary['command'] else '', '',
+           f"{'Quick (test-sized) run. ' if o['quick'] else ''}Device {summary['device']}, "
+           f"jax {summary['jax_version']}; the latest command took {summary['wall_seconds']:.0f} s. "
+           'Numbers: [reproduce.json](reproduce.json).',
            '', '| experiment | status | table | figure |', '|---|---|---|---|']
   for name, r in summary['experiments'].items():
     if r['status'] == 'ok':
@@ -1034,8 +1070,10 @@ def summary_markdown(summary: dict) -> str:
   for name, r in summary['experiments'].items():
     if r['status'] != 'ok':
       continue
-    lines += ['', f'## {TITLES[name]}', '', f"Table: [{r['md']}]({r['md']})", '',
-              f"![{name}]({r['png']})"]
-  lines += ['', f'Every table and figure was made by `{summary["command"]}`.' if summary['command']
-            else '']
+    lines += ['', f'## {TITLES[name]}', '']
+    if 'num_images' in r:
+      lines += [f"Made by `{r.get('command') or '(no command recorded)'}` with {r['num_images']} "
+                f"evaluation images per model, {r['num_defense_per_class']} defender images per "
+                f"class, seed {r['seed']}.", '']
+    lines += [f"Table: [{r['md']}]({r['md']})", '', f"![{name}]({r['png']})"]
   return '\n'.join(lines).rstrip() + '\n'

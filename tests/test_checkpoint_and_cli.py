@@ -153,3 +153,12 @@ def test_compare_table(quick_run, tmp_path):
   assert 'Rows merged from: `test`' in (tmp_path / 'cmp' / 'compare.md').read_text()
   with pytest.raises(ValueError, match='settings differ'):
     compare.compare(dataclasses.replace(opts, ckpts=(str(other),), merge=True, num_images=20))
+  # skip_done re-runs only models without a complete row (score files on disk).
+  stamp = (tmp_path / 'cmp' / 'other_run' / 'strip.json').stat().st_mtime_ns
+  (tmp_path / 'cmp' / quick_run.name / 'strip.scores.npz').unlink()
+  again = compare.compare(dataclasses.replace(opts, ckpts=(str(quick_run), str(other)), merge=True,
+                                              skip_done=True, command='test3'))
+  assert (tmp_path / 'cmp' / 'other_run' / 'strip.json').stat().st_mtime_ns == stamp
+  assert (tmp_path / 'cmp' / quick_run.name / 'strip.scores.npz').is_file()
+  assert again['row_commands'] == {quick_run.name: 'test3', 'other_run': 'test2'}
+  assert again['results']['other_run'] == merged['results']['other_run']

@@ -184,6 +184,21 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   assert exps['adaptive']['models']['adaptive']['asr'][0] == pytest.approx(
       exps['adaptive']['models']['reference']['asr'][0])
 
+  # An --only run updates its experiments and keeps the others with their commands;
+  # table1 reuses the compare rows already in its directory.
+  stamp = (out / 'table1' / quick_run.name / 'scaleup.json').stat().st_mtime_ns
+  again = reproduce.reproduce(reproduce.ReproduceOptions(
+      quick=True, ckpt=str(quick_run), clean_ckpt=str(quick_run), only=('table1', 'fig3'),
+      out=str(out), progress=False, command='second run'))
+  exps2 = again['experiments']
+  assert list(exps2) == list(reproduce.EXPERIMENTS)
+  assert exps2['fig3']['command'] == exps2['table1']['command'] == 'second run'
+  assert exps2['fig2'] == exps['fig2'] and exps2['fig2']['command'].startswith('python -m eval.reproduce')
+  assert (out / 'table1' / quick_run.name / 'scaleup.json').stat().st_mtime_ns == stamp
+  assert exps2['table1']['auroc'] == exps['table1']['auroc']
+  summary = (out / 'summary.md').read_text()
+  assert 'Made by `second run`' in summary and 'Made by `python -m eval.reproduce --quick' in summary
+
 
 def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
