@@ -130,6 +130,21 @@ def test_physical_transform_acts_on_the_configured_rows(apply_to):
     np.testing.assert_array_equal(changed, np.asarray(flags) == attacks.POISONED)
 
 
+def test_physical_reference_is_the_recipe_without_poison():
+  from train.configs import physical_reference_resnet20, physical_resnet20
+  ref, attack = physical_reference_resnet20.get_config(), physical_resnet20.get_config()
+  assert ref.poison_rate == 0.0 and attack.poison_rate > 0
+  ref.poison_rate = attack.poison_rate
+  assert ref.to_dict() == attack.to_dict()  # the same recipe otherwise
+  out = attacks.build_poisoning(jax.random.key(0), toy_train(),
+                                physical_reference_resnet20.get_config('quick'))
+  assert len(out.poison_indices) == 0 and not np.any(out.flags)
+  np.testing.assert_array_equal(out.train.labels, toy_train().labels)
+  x = jnp.asarray(out.train.images[:16])
+  y = out.batch_transform(jax.random.key(1), x, jnp.asarray(out.flags[:16]))
+  assert np.all(np.any(np.abs(np.asarray(y) - np.asarray(x)) > 1e-6, axis=(1, 2, 3)))
+
+
 @pytest.mark.parametrize('name', ['badnett', 'WaNet', ''])
 def test_unknown_attack(name):
   config = quick_config('badnets')
