@@ -176,6 +176,7 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   assert len(exps['fig2']['models']['attacked model']['benign']['mean']) == 11
   assert [r['per_class'] for r in exps['ablation_defense_size']['rows']] == [1, 2, 5]
   assert len(exps['ablation_noise']['rows']) == 2
+  assert all(0.0 <= r['benign_to_target'] <= 1.0 for r in exps['ablation_noise']['rows'])
   # Fig. 7b: all triggered images as positives never exceed the successful ones' count.
   (rate_row,) = exps['poison_rate']['rows']
   assert set(rate_row) >= {'data-free', 'data-limited', 'data-free (all)', 'data-limited (all)'}
@@ -183,6 +184,9 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
     assert rate_row['data-free (all)'] == pytest.approx(rate_row['data-free'])
   assert exps['adaptive']['models']['adaptive']['asr'][0] == pytest.approx(
       exps['adaptive']['models']['reference']['asr'][0])
+  for r in exps['adaptive']['models'].values():
+    assert len(r['benign_to_target']) == 3 and r['num_benign'] > 0
+    assert all(0.0 <= v <= 1.0 for v in r['benign_to_target'])
 
   # An --only run updates its experiments and keeps the others with their commands;
   # table1 reuses the compare rows already in its directory.
