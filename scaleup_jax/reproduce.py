@@ -632,13 +632,14 @@ def fig2(ctx: Context) -> dict:
         continue
       m, s = np.asarray(entry[name]['mean']), np.asarray(entry[name]['std'])
       ax.plot(FIG2_FACTORS, m, 'o-', color=color, label=f"{name} ({entry[name]['count']})")
-      ax.fill_between(FIG2_FACTORS, m - s, m + s, color=color, alpha=0.15)
+      ax.fill_between(FIG2_FACTORS, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color=color,
+                      alpha=0.15)
     ax.set_xlabel('multiplication factor n')
     ax.set_xticks(FIG2_FACTORS)
     ax.legend(fontsize=8)
   axes[0].set_ylabel('confidence on the original label')
   png = _save_figure(fig, ctx.out / 'fig2.png', o.command)
-  lines = ['Mean (± std, shaded in the figure) softmax probability of the label predicted '
+  lines = ['Mean (± std, shaded in the figure and clipped to [0, 1]) softmax probability of the label predicted '
            'at n = 1, on clip(n x, 0, 1). Poisoned images carry the attacked model\'s trigger '
            f'(`{ctx.ckpt.name}`) for both models.', '',
            '| model | images | ' + ' | '.join(f'n={n:g}' for n in FIG2_FACTORS) + ' |',
