@@ -639,8 +639,8 @@ def fig2(ctx: Context) -> dict:
     ax.legend(fontsize=8)
   axes[0].set_ylabel('confidence on the original label')
   png = _save_figure(fig, ctx.out / 'fig2.png', o.command)
-  lines = ['Mean (± std, shaded in the figure and clipped to [0, 1]) softmax probability of the label predicted '
-           'at n = 1, on clip(n x, 0, 1). Poisoned images carry the attacked model\'s trigger '
+  lines = ['Mean (± std, shaded in the figure and clipped to [0, 1]) softmax probability of '
+           'the label predicted at n = 1, on clip(n x, 0, 1). Poisoned images carry the attacked model\'s trigger '
            f'(`{ctx.ckpt.name}`) for both models.', '',
            '| model | images | ' + ' | '.join(f'n={n:g}' for n in FIG2_FACTORS) + ' |',
            '|---|---|' + '---:|' * len(FIG2_FACTORS)]
