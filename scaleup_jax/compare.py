@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def compare(opts: CompareOptions) -> dict:
         seed=opts.seed, plot=False, progress=False)
     ev = evaluate.prepare_eval_set(base)
     per_model = {}
+    load_start = _load_average()
     bar = tqdm(names, desc=ckpt.name, disable=not opts.progress, dynamic_ncols=True)
     for name in bar:
       bar.set_postfix(detector=name)
@@ -88,6 +90,8 @@ def compare(opts: CompareOptions) -> dict:
       r = evaluate.evaluate_detection(o, ev)
       per_model[name] = {k: r[k] for k in ('detection', 'throughput', 'ba', 'asr', 'num_benign',
                                            'num_positives', 'detector_config', 'attack')}
+    for r in per_model.values():  # other work on the machine slows every detector of the row
+      r['throughput']['load_average_1min'] = [load_start, _load_average()]
     results[ckpt.name] = per_model
   summary = {
       'command': opts.command, 'models': [str(c) for c in ckpts], **settings,
@@ -102,6 +106,11 @@ def compare(opts: CompareOptions) -> dict:
   plot_auroc(summary, out / 'auroc.png')
   summary['out'] = str(out)
   return summary
+
+
+def _load_average() -> float | None:
+  """The 1-minute load average (None where the OS has none)."""
+  return round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
 
 
 def _stored_summary(path: Path, settings: dict) -> dict | None:
@@ -185,14 +194,18 @@ def markdown_tables(summary: dict) -> str:
     lines.append(f"| {model} | {first['attack']} | {first['ba']:.3f} | {first['asr']:.3f} | {cells} |")
   dets = summary['detectors']
   lines += ['', '**Throughput** (images/s, batch 256, all images of one model; forwards per '
-            'image in brackets)', '',
-            '| model | ' + ' | '.join(dets) + ' |', '|---|' + '---:|' * len(dets)]
+            'image in brackets; the 1-minute load average at the start and end of the row, where '
+            'recorded: a load above the core count means other work shared the machine and the '
+            "row's speeds are not comparable with the others)", '',
+            '| model | ' + ' | '.join(dets) + ' | load |', '|---|' + '---:|' * len(dets) + '---|']
   for model in rows:
-    cells = []
+    cells, load = [], '–'
     for d in dets:
       t = summary['results'][model].get(d, {}).get('throughput')
       cells.append('–' if t is None else f"{t['images_per_second']:.0f} ({t['forwards_per_image']})")
-    lines.append(f'| {model} | ' + ' | '.join(cells) + ' |')
+      if t is not None and t.get('load_average_1min') and None not in t['load_average_1min']:
+        load = ' → '.join(f'{v:.1f}' for v in t['load_average_1min'])
+    lines.append(f'| {model} | ' + ' | '.join(cells) + f' | {load} |')
   return '\n'.join(lines).lstrip() + '\n'
 
 

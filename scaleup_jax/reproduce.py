@@ -1027,7 +1027,6 @@ def reproduce(opts: ReproduceOptions) -> dict:
   ctx = Context(opts)
   ctx.out.mkdir(parents=True, exist_ok=True)
   names = [e for e in EXPERIMENTS if not opts.only or e in opts.only]
-  kept = _kept_results(ctx.out / 'reproduce.json', opts) if opts.only else {}
   settings = {'command': opts.command, 'num_images': opts.num_images,
               'num_defense_per_class': opts.num_defense_per_class, 'seed': opts.seed}
   results = {}
@@ -1039,6 +1038,8 @@ def reproduce(opts: ReproduceOptions) -> dict:
       results[name] = {'status': 'ok', 'seconds': round(time.time() - t0, 1), **r, **settings}
     except Skipped as e:
       results[name] = {'status': 'skipped', 'reason': str(e), **settings}
+  # Read what to keep only now, so runs into one --out that overlap in time keep each other's.
+  kept = _kept_results(ctx.out / 'reproduce.json', opts) if opts.only else {}
   results = {e: results.get(e, kept.get(e)) for e in EXPERIMENTS if e in results or e in kept}
   opt_dict = {k: (list(v) if isinstance(v, tuple) else v)
               for k, v in dataclasses.asdict(opts).items()}

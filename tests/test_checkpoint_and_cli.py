@@ -139,6 +139,7 @@ def test_compare_table(quick_run, tmp_path):
   assert mat[0, 0] == res['scaleup']['detection']['data-free']['auroc']
   md = (tmp_path / 'cmp' / 'compare.md').read_text()
   assert 'Command: `test`' in md and quick_run.name in md
+  assert len(res['scaleup']['throughput']['load_average_1min']) == 2 and '| load |' in md
   assert (tmp_path / 'cmp' / 'auroc.png').is_file()
   with pytest.raises(ValueError, match="unknown detector 'nope'"):
     compare.compare(dataclasses.replace(opts, detectors=('nope',)))
