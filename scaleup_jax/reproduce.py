@@ -553,7 +553,7 @@ def table1(ctx: Context) -> dict:
   md = _write_md(ctx, 'table1', lines)
 
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(titles) * max(1, len(rows)) ** 0.5 + 2), 3.6))
+  fig, ax = plt.subplots(figsize=(min(14.0, 1.1 * len(titles) + 2.5), 4.2))
   width = 0.8 / max(1, len(rows))
   for i, model in enumerate(rows):
     xs, ys, err = [], [], [[], []]
@@ -570,11 +570,12 @@ def table1(ctx: Context) -> dict:
   ax.set_xticks(range(len(titles)), titles, rotation=30, ha='right', fontsize=8)
   ax.set_ylabel('AUROC (95% bootstrap CI)')
   ax.set_ylim(-0.02, 1.02)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.set_title('Detection AUROC per model and detector')
   png = _save_figure(fig, ctx.out / 'table1.png', o.command)
   return {'models': rows, 'columns': titles, 'auroc': intervals, 'paper': paper,
-          'paper_note': None if paper else PAPER_NOTE, 'compare_json': _rel(out / 'compare.json', ctx.out),
+          'paper_note': None if paper else PAPER_NOTE,
+          'compare_json': _rel(out / 'compare.json', ctx.out),
           'md': md, 'png': png}
 
 
