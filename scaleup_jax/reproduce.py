@@ -14,8 +14,9 @@ The experiments, each a function ``f(ctx) -> dict`` of this module:
 
 * ``table1``: AUROC per attacked model x detector (paper Table 1) through
   :func:`scaleup_jax.compare.compare` (models already in its directory with the
-  same settings are reused, so the table grows one model at a time), plus percentile-bootstrap intervals
-  (:func:`bootstrap_auroc`) from the per-detector score files it writes.
+  same settings are reused, so the table grows one model at a time), plus
+  percentile-bootstrap intervals (:func:`bootstrap_auroc`) from the per-detector
+  score files it writes.
 * ``fig2``: mean softmax confidence on the originally predicted label vs the
   multiplication factor n = 1..11, benign vs poisoned, clean vs attacked model
   (paper Fig. 2).
@@ -641,8 +642,8 @@ def fig2(ctx: Context) -> dict:
   axes[0].set_ylabel('confidence on the original label')
   png = _save_figure(fig, ctx.out / 'fig2.png', o.command)
   lines = ['Mean (± std, shaded in the figure and clipped to [0, 1]) softmax probability of '
-           'the label predicted at n = 1, on clip(n x, 0, 1). Poisoned images carry the attacked model\'s trigger '
-           f'(`{ctx.ckpt.name}`) for both models.', '',
+           'the label predicted at n = 1, on clip(n x, 0, 1). Poisoned images carry the '
+           f'attacked model\'s trigger (`{ctx.ckpt.name}`) for both models.', '',
            '| model | images | ' + ' | '.join(f'n={n:g}' for n in FIG2_FACTORS) + ' |',
            '|---|---|' + '---:|' * len(FIG2_FACTORS)]
   for title, entry in result['models'].items():
