@@ -531,7 +531,7 @@ def table1(ctx: Context) -> dict:
       ci['matches_compare'] = bool(abs(ci['auroc'] - mat[i, j]) < 1e-6)
       intervals[model][title] = ci
 
-  lines = [f"{summary['num_images']} evaluation images per model (before poisoning), "
+  lines = [f"{compare_lib._image_count(summary['num_images']).capitalize()}, "
            f"{summary['num_defense_per_class']} defender images per class, seed {o.seed}; "
            f'positives are the poisoned images the attack fooled. Cells: AUROC '
            f'[{o.num_bootstrap}-resample percentile-bootstrap 95% interval; benign and '
