@@ -930,7 +930,9 @@ def poison_rate(ctx: Context) -> dict:
   """SCALE-UP AUROC vs the poisoning rate of the models in ``rate_ckpts``."""
   paths = ctx.opts.rate_ckpts or ([] if ctx.opts.quick else sweep_models('rate'))
   paths = _existing(paths, '--rate_ckpts',
-                    'attacked models trained at several poisoning rates')
+                    'attacked models trained at several poisoning rates'
+                    + ('' if ctx.opts.quick else '; none finished under '
+                       f'{_rel(SWEEPS, Path.cwd())}/ (train/configs/badnets_sweep_resnet20.py)'))
   return _sweep(ctx, 'poison_rate', paths, 'poison_rate', lambda c: float(c.poison_rate),
                 all_poisoned=True)
 
@@ -939,7 +941,9 @@ def trigger_size(ctx: Context) -> dict:
   """SCALE-UP AUROC vs the trigger size (``attack_kwargs.size``) of ``size_ckpts``."""
   paths = ctx.opts.size_ckpts or ([] if ctx.opts.quick else sweep_models('size'))
   paths = _existing(paths, '--size_ckpts',
-                    'attacked models trained with several trigger sizes')
+                    'attacked models trained with several trigger sizes'
+                    + ('' if ctx.opts.quick else '; none finished under '
+                       f'{_rel(SWEEPS, Path.cwd())}/ (train/configs/badnets_sweep_resnet20.py)'))
   return _sweep(ctx, 'trigger_size', paths, 'trigger_size',
                 lambda c: float(c.attack_kwargs.get('size', float('nan'))))
 
@@ -959,7 +963,8 @@ def adaptive(ctx: Context) -> dict:
   if not ckpt and not o.quick and (ADAPTIVE_CKPT / 'metrics.json').is_file():
     ckpt = ADAPTIVE_CKPT
   paths = _existing([ckpt] if ckpt else [], '--adaptive_ckpt',
-                    'a model trained with the adaptive attack (train/configs/adaptive_resnet20.py)')
+                    'a model trained with the adaptive attack (train/configs/adaptive_resnet20.py)'
+                    + ('' if o.quick else f'; {_rel(ADAPTIVE_CKPT, Path.cwd())} is not finished'))
   models = {'adaptive': paths[0], 'reference': ctx.ckpt}
   result = {'noise_stds': [float(s) for s in o.adaptive_noise_stds], 'models': {}}
   key = jax.random.fold_in(jax.random.key(o.seed), 13)
