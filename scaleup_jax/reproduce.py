@@ -875,7 +875,11 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
   for p in paths:
     ev = ctx.eval_set(p)
     row = {'ckpt': str(p), x_name: getter(ev.run.config), 'asr': float(np.mean(
-        ctx.labels(p)['poisoned'][:, 0] == ev.run.target)), **_aurocs(ctx.scaleup_scores(p))}
+        ctx.labels(p)['poisoned'][:, 0] == ev.run.target))}
+    if row['asr'] > 0:
+      row.update(_aurocs(ctx.scaleup_scores(p)))
+    else:  # the backdoor never took: no successful poisoned image to detect
+      row.update({m: float('nan') for m in modes})
     if all_poisoned:
       row.update({f'{m} (all)': v for m, v in
                   _aurocs(ctx.scaleup_scores(p, all_poisoned=True)).items()})
@@ -903,7 +907,10 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
               'and, in the "(all)" columns, every triggered non-target test image.', '']
   lines += [f'| model | {x_name} | ASR |{head}', '|---|---:|---:|' + '---:|' * len(modes)]
   lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {r['asr']:.3f} |"
-            + ''.join(f' {r[m]:.3f} |' for m in modes) for r in rows]
+            + ''.join(f' {_fmt(r[m])} |' for m in modes) for r in rows]
+  if any(np.isnan(r[modes[0]]) for r in rows):
+    lines += ['', '–: the model sends no poisoned image to the target (ASR 0), so there is no '
+              'successful poisoned image to detect.']
   return {'rows': rows, 'md': _write_md(ctx, name, lines), 'png': png}
 
 

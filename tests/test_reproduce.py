@@ -224,3 +224,35 @@ def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   assert [p.name for p in reproduce.sweep_models('rate', tmp_path)] == [base, 'r01']
   assert [p.name for p in reproduce.sweep_models('size', tmp_path)] == [base, 's5']
   assert reproduce.sweep_models('rate', tmp_path / 'absent') == []
+
+
+def test_sweep_point_whose_backdoor_never_took_is_reported_not_fatal(tmp_path):
+  """A sweep model with ASR 0 (e.g. a very low poisoning rate) has no successful
+  positives: its successful-positive AUROCs are NaN ('–'), its '(all)' ones computed."""
+  from types import SimpleNamespace
+  rng = np.random.default_rng(0)
+  num_scales = len(reproduce.ALL_SCALES) + 1
+  def lm(n, low):  # label matrices over ALL_SCALES, never the target 0
+    return rng.integers(low, 10, size=(n, num_scales))
+  runs = {tmp_path / 'took': 0, tmp_path / 'never': 1}
+  labels = {p: {'benign': lm(40, 1), 'defense': lm(50, 0),
+                'poisoned': np.zeros((30, num_scales), int) if low == 0 else lm(30, 1)}
+            for p, low in runs.items()}
+  rates = {tmp_path / 'took': 0.1, tmp_path / 'never': 0.004}
+  ctx = SimpleNamespace(
+      opts=SimpleNamespace(command='cmd'), out=tmp_path,
+      eval_set=lambda p: SimpleNamespace(run=SimpleNamespace(
+          config=SimpleNamespace(poison_rate=rates[p]), target=0),
+          test=SimpleNamespace(num_classes=10)),
+      labels=lambda p: labels[p])
+  ctx.scaleup_scores = lambda p, all_poisoned=False: reproduce._scores_from_labels(
+      labels[p], 0, 10, reproduce.DEFAULT_SCALES, all_poisoned=all_poisoned)
+  out = reproduce._sweep(ctx, 'poison_rate', list(runs), 'poison_rate',
+                         lambda c: c.poison_rate, all_poisoned=True)
+  never, took = out['rows']  # sorted by rate
+  assert never['asr'] == 0.0 and np.isnan(never['data-free']) and np.isnan(never['data-limited'])
+  assert 0.0 <= never['data-free (all)'] <= 1.0
+  assert took['asr'] == 1.0 and took['data-free'] == 1.0  # always-target poisoned: SPC 1
+  md = (tmp_path / 'poison_rate.md').read_text()
+  assert '| never | 0.004 | 0.000 | – | – |' in md and 'ASR 0' in md
+  assert (tmp_path / 'poison_rate.png').exists()
