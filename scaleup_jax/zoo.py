@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 ZOO = Path(__file__).resolve().parents[1] / 'zoo'
@@ -30,5 +31,16 @@ def zoo_table(zoo_dir: Path = ZOO) -> str:
   return '\n'.join(lines)
 
 
+def main(argv: list[str]) -> int:
+  """``python -m scaleup_jax.zoo [DIR]``: prints the table of ``DIR`` (default ``zoo/``)."""
+  zoo_dir = Path(argv[0]) if argv else ZOO
+  if len(argv) > 1 or not zoo_dir.is_dir():
+    print(f'usage: python -m scaleup_jax.zoo [DIR]; {" ".join(argv)!r} is not one directory',
+          file=sys.stderr)
+    return 2
+  print(zoo_table(zoo_dir))
+  return 0
+
+
 if __name__ == '__main__':
-  print(zoo_table())
+  sys.exit(main(sys.argv[1:]))

@@ -33,13 +33,16 @@ def test_zoo_badnets_auroc(tmp_path):
 
 ZOO_NAMES = sorted(p.name for p in ZOO.iterdir() if p.is_dir()
                    and (p / 'metrics.json').is_file())
+# The BadNets sweep models of the reproduction's Fig. 7 ablations.
+SWEEP_NAMES = sorted(f'sweeps/{p.name}' for p in (ZOO / 'sweeps').glob('*')
+                     if (p / 'metrics.json').is_file())
 
 
 def test_zoo_has_the_slice_models():
   assert {'cifar10_badnets_resnet20', 'cifar10_clean_resnet20'} <= set(ZOO_NAMES)
 
 
-@pytest.mark.parametrize('name', ZOO_NAMES)
+@pytest.mark.parametrize('name', ZOO_NAMES + SWEEP_NAMES)
 def test_zoo_entries_are_complete(name):
   d = ZOO / name
   metrics = json.loads((d / 'metrics.json').read_text())
@@ -61,3 +64,19 @@ def test_every_attacked_zoo_model_runs_through_detect(name, tmp_path):
   assert 0 <= res['detection']['data-free']['auroc'] <= 1
   # The ASR on this subset is close to the one training measured on the full test set.
   assert abs(res['asr'] - metrics['asr']) < 0.15, (res['asr'], metrics['asr'])
+
+
+def test_zoo_table_cli_prints_a_directory_and_rejects_a_missing_one(tmp_path, capsys):
+  from scaleup_jax import zoo
+  run = tmp_path / 'badnets_rate0.004_size3'
+  run.mkdir()
+  (run / 'metrics.json').write_text(json.dumps({
+      'model': 'resnet20', 'attack': 'badnets', 'poison_rate': 0.004, 'ba': 0.8, 'asr': 0.5,
+      'epochs': 5, 'train_seconds': 600, 'device': 'cpu', 'command': 'cmd', 'history': []}))
+  (tmp_path / 'not_a_run').mkdir()
+  assert zoo.main([str(tmp_path)]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[2] == ('| `badnets_rate0.004_size3` | resnet20 | badnets | 0.004 | 80.00% | 50.00% | 5 '
+                    '| 10 min (cpu) | `cmd` |') and len(out) == 3
+  assert zoo.main([str(tmp_path / 'absent')]) == 2
+  assert 'absent' in capsys.readouterr().err
