@@ -108,7 +108,7 @@ def compare(opts: CompareOptions) -> dict:
   return summary
 
 
-def _image_count(num_images: int) -> str:
+def image_count(num_images: int) -> str:
   """The evaluation images a ``num_images`` setting means (0 = all), as a clause."""
   return (f'{num_images} evaluation images per model (before poisoning)' if num_images else
           'every test image outside the defender set is an evaluation image (before poisoning)')
@@ -187,7 +187,7 @@ def markdown_tables(summary: dict) -> str:
   cmds = sorted(set(summary.get('row_commands', {}).values()) - {summary['command']})
   lines = [f"Command: `{summary['command']}`" if summary['command'] else '',
            ('Rows merged from: ' + ', '.join(f'`{c}`' for c in cmds)) if cmds else '', '',
-           f"{_image_count(summary['num_images']).capitalize()}, "
+           f"{image_count(summary['num_images']).capitalize()}, "
            f"{summary['num_defense_per_class']} defender images per class, seed {summary['seed']}; "
            f"positives are the poisoned images the attack fooled; device: {summary['device']}; "
            f"wall time {summary['wall_seconds']:.0f} s.", '',

@@ -531,7 +531,7 @@ def table1(ctx: Context) -> dict:
       ci['matches_compare'] = bool(abs(ci['auroc'] - mat[i, j]) < 1e-6)
       intervals[model][title] = ci
 
-  lines = [f"{compare_lib._image_count(summary['num_images']).capitalize()}, "
+  lines = [f"{compare_lib.image_count(summary['num_images']).capitalize()}, "
            f"{summary['num_defense_per_class']} defender images per class, seed {o.seed}; "
            f'positives are the poisoned images the attack fooled. Cells: AUROC '
            f'[{o.num_bootstrap}-resample percentile-bootstrap 95% interval; benign and '
@@ -933,24 +933,26 @@ def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
   return out
 
 
+def _sweep_paths(ctx: Context, explicit, kind: str, flag: str, what: str) -> list[Path]:
+  """The models of one sweep: ``explicit`` if given, else the finished runs under
+  ``zoo/sweeps/`` (none in quick mode); skips the experiment when there are none."""
+  paths = explicit or ([] if ctx.opts.quick else sweep_models(kind))
+  return _existing(paths, flag, what + ('' if ctx.opts.quick else '; none finished under '
+                   f'{_rel(SWEEPS, Path.cwd())}/ (train/configs/badnets_sweep_resnet20.py)'))
+
+
 def poison_rate(ctx: Context) -> dict:
   """SCALE-UP AUROC vs the poisoning rate of the models in ``rate_ckpts``."""
-  paths = ctx.opts.rate_ckpts or ([] if ctx.opts.quick else sweep_models('rate'))
-  paths = _existing(paths, '--rate_ckpts',
-                    'attacked models trained at several poisoning rates'
-                    + ('' if ctx.opts.quick else '; none finished under '
-                       f'{_rel(SWEEPS, Path.cwd())}/ (train/configs/badnets_sweep_resnet20.py)'))
+  paths = _sweep_paths(ctx, ctx.opts.rate_ckpts, 'rate', '--rate_ckpts',
+                       'attacked models trained at several poisoning rates')
   return _sweep(ctx, 'poison_rate', paths, 'poison_rate', lambda c: float(c.poison_rate),
                 all_poisoned=True)
 
 
 def trigger_size(ctx: Context) -> dict:
   """SCALE-UP AUROC vs the trigger size (``attack_kwargs.size``) of ``size_ckpts``."""
-  paths = ctx.opts.size_ckpts or ([] if ctx.opts.quick else sweep_models('size'))
-  paths = _existing(paths, '--size_ckpts',
-                    'attacked models trained with several trigger sizes'
-                    + ('' if ctx.opts.quick else '; none finished under '
-                       f'{_rel(SWEEPS, Path.cwd())}/ (train/configs/badnets_sweep_resnet20.py)'))
+  paths = _sweep_paths(ctx, ctx.opts.size_ckpts, 'size', '--size_ckpts',
+                       'attacked models trained with several trigger sizes')
   return _sweep(ctx, 'trigger_size', paths, 'trigger_size',
                 lambda c: float(c.attack_kwargs.get('size', float('nan'))))
 
