@@ -157,7 +157,7 @@ def _merge(old: dict, new: dict) -> dict:
           'wall_seconds': old.get('wall_seconds', 0) + new['wall_seconds']}
 
 
-def _columns(names) -> list[tuple[str, str, str]]:
+def columns(names) -> list[tuple[str, str, str]]:
   """``(column title, detector, detection mode)`` for the AUROC table."""
   cols = []
   for n in names:
@@ -170,7 +170,7 @@ def _columns(names) -> list[tuple[str, str, str]]:
 
 def auroc_matrix(summary: dict):
   """``(row names, column titles, AUROC array (models, columns))``."""
-  cols = _columns(summary['detectors'])
+  cols = columns(summary['detectors'])
   rows = list(summary['results'])
   mat = np.full((len(rows), len(cols)), np.nan)
   for i, model in enumerate(rows):

@@ -518,7 +518,7 @@ def table1(ctx: Context) -> dict:
       batch_size=o.batch_size, seed=o.seed, data_dir=o.data_dir, out=str(out),
       progress=o.progress, command=o.command, merge=True, skip_done=True))
   rows, titles, mat = compare_lib.auroc_matrix(summary)
-  cols = compare_lib._columns(summary['detectors'])
+  cols = compare_lib.columns(summary['detectors'])
   intervals: dict = {}
   for i, model in enumerate(rows):
     intervals[model] = {}
