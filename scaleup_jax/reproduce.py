@@ -874,8 +874,10 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
   rows = []
   for p in paths:
     ev = ctx.eval_set(p)
-    row = {'ckpt': str(p), x_name: getter(ev.run.config), 'asr': float(np.mean(
-        ctx.labels(p)['poisoned'][:, 0] == ev.run.target))}
+    epochs = getattr(ev.run.config, 'num_epochs', None)
+    row = {'ckpt': str(p), x_name: getter(ev.run.config),
+           'epochs': None if epochs is None else int(epochs),
+           'asr': float(np.mean(ctx.labels(p)['poisoned'][:, 0] == ev.run.target))}
     if row['asr'] > 0:
       row.update(_aurocs(ctx.scaleup_scores(p)))
     else:  # the backdoor never took: no successful poisoned image to detect
@@ -884,33 +886,44 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
       row.update({f'{m} (all)': v for m, v in
                   _aurocs(ctx.scaleup_scores(p, all_poisoned=True)).items()})
     rows.append(row)
-  rows.sort(key=lambda r: r[x_name])
+  # Models trained on different schedules are different curves, never one line.
+  rows.sort(key=lambda r: (r['epochs'] is None, r['epochs'] or 0, r[x_name]))
+  schedules = list(dict.fromkeys(r['epochs'] for r in rows))
   if all_poisoned:
     modes += [f'{m} (all)' for m in modes]
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  for i, mode in enumerate(modes):
-    ax.plot([r[x_name] for r in rows], [r[mode] for r in rows], 'o-' if i < 2 else 's--',
-            color=('tab:blue', 'tab:orange')[i % 2],
-            label=mode.replace('(all)', '(all poisoned)') if i >= 2 else
-            mode + (' (successful poisoned)' if all_poisoned else ''))
+  for k, epochs in enumerate(schedules):
+    group = [r for r in rows if r['epochs'] == epochs]
+    for i, mode in enumerate(modes):
+      label = (mode.replace('(all)', '(all poisoned)') if i >= 2 else
+               mode + (' (successful poisoned)' if all_poisoned else ''))
+      if len(schedules) > 1:
+        label += f', {"?" if epochs is None else epochs} epochs'
+      ax.plot([r[x_name] for r in group], [r[mode] for r in group],
+              ('o', '^', 'D', 'v')[k % 4] + ('-' if i < 2 else '--'),
+              color=('tab:blue', 'tab:orange')[i % 2], alpha=1.0 if k == 0 else 0.6,
+              label=label)
   ax.set_xlabel(x_name.replace('_', ' '))
   ax.set_ylabel('AUROC')
   if x_name == 'poison_rate':
     ax.set_xscale('log')
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7 if len(schedules) == 1 else 6)
   png = _save_figure(fig, ctx.out / f'{name}.png', o.command)
   head = ''.join(f' AUROC {m} |' for m in modes)
   lines = []
   if all_poisoned:
     lines += ['Positives: the poisoned test images the model sends to the target (successful), '
               'and, in the "(all)" columns, every triggered non-target test image.', '']
-  lines += [f'| model | {x_name} | ASR |{head}', '|---|---:|---:|' + '---:|' * len(modes)]
-  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {r['asr']:.3f} |"
-            + ''.join(f' {_fmt(r[m])} |' for m in modes) for r in rows]
+  lines += [f'| model | {x_name} | epochs | ASR |{head}', '|---|---:|---:|---:|' + '---:|' * len(modes)]
+  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {'?' if r['epochs'] is None else r['epochs']} "
+            f"| {r['asr']:.3f} |" + ''.join(f' {_fmt(r[m])} |' for m in modes) for r in rows]
   if any(np.isnan(r[modes[0]]) for r in rows):
     lines += ['', '–: the model sends no poisoned image to the target (ASR 0), so there is no '
               'successful poisoned image to detect.']
+  if len(schedules) > 1:
+    lines += ['', 'Rows are grouped by training schedule (epochs); compare points within a '
+              'schedule. A longer schedule is used where the backdoor did not form in the short one.']
   return {'rows': rows, 'md': _write_md(ctx, name, lines), 'png': png}
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,26 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   assert 'Made by `second run`' in summary and 'Made by `python -m eval.reproduce --quick' in summary
 
 
+@pytest.mark.parametrize('arg, rate, size, epochs, name', [
+    ('', 0.1, 3, 5, 'badnets_rate0.1_size3'),
+    ('rate=0.02', 0.02, 3, 5, 'badnets_rate0.02_size3'),
+    ('size=7', 0.1, 7, 5, 'badnets_rate0.1_size7'),
+    ('rate=0.05, epochs=10', 0.05, 3, 10, 'badnets_rate0.05_size3_e10'),
+])
+def test_sweep_config_overrides_and_run_names(arg, rate, size, epochs, name):
+  from train.configs import badnets_sweep_resnet20 as sweep_cfg
+  config = sweep_cfg.get_config(arg)
+  assert (config.poison_rate, config.attack_kwargs.size, config.num_epochs) == (rate, size, epochs)
+  assert sweep_cfg.workdir_name(rate, size, epochs) == name
+
+
+@pytest.mark.parametrize('arg', ['epochs=', 'lr=0.1', 'rate'])
+def test_sweep_config_rejects_unknown_overrides(arg):
+  from train.configs import badnets_sweep_resnet20 as sweep_cfg
+  with pytest.raises(ValueError, match='expected rate=R, size=S, epochs=E or quick'):
+    sweep_cfg.get_config(arg)
+
+
 def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
   def fake_run(name, rate, size, attack='badnets', finished=True):
@@ -226,33 +247,53 @@ def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   assert reproduce.sweep_models('rate', tmp_path / 'absent') == []
 
 
-def test_sweep_point_whose_backdoor_never_took_is_reported_not_fatal(tmp_path):
-  """A sweep model with ASR 0 (e.g. a very low poisoning rate) has no successful
-  positives: its successful-positive AUROCs are NaN ('–'), its '(all)' ones computed."""
+def _stub_sweep_ctx(tmp_path, runs):
+  """A Context stand-in for ``_sweep``: ``runs`` maps a path to (rate, epochs,
+  poisoned labels always the target?)."""
   from types import SimpleNamespace
   rng = np.random.default_rng(0)
   num_scales = len(reproduce.ALL_SCALES) + 1
   def lm(n, low):  # label matrices over ALL_SCALES, never the target 0
     return rng.integers(low, 10, size=(n, num_scales))
-  runs = {tmp_path / 'took': 0, tmp_path / 'never': 1}
   labels = {p: {'benign': lm(40, 1), 'defense': lm(50, 0),
-                'poisoned': np.zeros((30, num_scales), int) if low == 0 else lm(30, 1)}
-            for p, low in runs.items()}
-  rates = {tmp_path / 'took': 0.1, tmp_path / 'never': 0.004}
+                'poisoned': np.zeros((30, num_scales), int) if took else lm(30, 1)}
+            for p, (_, _, took) in runs.items()}
   ctx = SimpleNamespace(
       opts=SimpleNamespace(command='cmd'), out=tmp_path,
       eval_set=lambda p: SimpleNamespace(run=SimpleNamespace(
-          config=SimpleNamespace(poison_rate=rates[p]), target=0),
+          config=SimpleNamespace(poison_rate=runs[p][0], num_epochs=runs[p][1]), target=0),
           test=SimpleNamespace(num_classes=10)),
       labels=lambda p: labels[p])
   ctx.scaleup_scores = lambda p, all_poisoned=False: reproduce._scores_from_labels(
       labels[p], 0, 10, reproduce.DEFAULT_SCALES, all_poisoned=all_poisoned)
-  out = reproduce._sweep(ctx, 'poison_rate', list(runs), 'poison_rate',
-                         lambda c: c.poison_rate, all_poisoned=True)
+  return ctx
+
+
+def test_sweep_point_whose_backdoor_never_took_is_reported_not_fatal(tmp_path):
+  """A sweep model with ASR 0 (e.g. a very low poisoning rate) has no successful
+  positives: its successful-positive AUROCs are NaN ('–'), its '(all)' ones computed."""
+  runs = {tmp_path / 'took': (0.1, 5, True), tmp_path / 'never': (0.004, 5, False)}
+  out = reproduce._sweep(_stub_sweep_ctx(tmp_path, runs), 'poison_rate', list(runs),
+                         'poison_rate', lambda c: c.poison_rate, all_poisoned=True)
   never, took = out['rows']  # sorted by rate
   assert never['asr'] == 0.0 and np.isnan(never['data-free']) and np.isnan(never['data-limited'])
   assert 0.0 <= never['data-free (all)'] <= 1.0
   assert took['asr'] == 1.0 and took['data-free'] == 1.0  # always-target poisoned: SPC 1
   md = (tmp_path / 'poison_rate.md').read_text()
-  assert '| never | 0.004 | 0.000 | – | – |' in md and 'ASR 0' in md
+  assert '| never | 0.004 | 5 | 0.000 | – | – |' in md and 'ASR 0' in md
+  assert 'grouped by training schedule' not in md  # one schedule: no note
   assert (tmp_path / 'poison_rate.png').exists()
+
+
+def test_sweep_groups_models_by_training_schedule(tmp_path):
+  """A low-rate point retrained on a longer schedule is its own group, after the
+  base schedule's points, and the table says which schedule each row used."""
+  runs = {tmp_path / 'r0.1': (0.1, 5, True), tmp_path / 'r0.05': (0.05, 5, False),
+          tmp_path / 'r0.05_e10': (0.05, 10, True)}
+  out = reproduce._sweep(_stub_sweep_ctx(tmp_path, runs), 'poison_rate', list(runs),
+                         'poison_rate', lambda c: c.poison_rate, all_poisoned=True)
+  assert [(Path(r['ckpt']).name, r['epochs']) for r in out['rows']] == [
+      ('r0.05', 5), ('r0.1', 5), ('r0.05_e10', 10)]
+  assert out['rows'][2]['data-free'] == 1.0 and np.isnan(out['rows'][0]['data-free'])
+  md = (tmp_path / 'poison_rate.md').read_text()
+  assert '| r0.05_e10 | 0.05 | 10 | 1.000 |' in md and 'grouped by training schedule' in md

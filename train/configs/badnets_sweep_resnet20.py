@@ -9,6 +9,12 @@ colon overrides the rate and the patch size:
       --workdir zoo/sweeps/badnets_rate0.01_size3
   python -m train.main --config train/configs/badnets_sweep_resnet20.py:size=5 \
       --workdir zoo/sweeps/badnets_rate0.1_size5
+  python -m train.main --config train/configs/badnets_sweep_resnet20.py:rate=0.05,epochs=10 \
+      --workdir zoo/sweeps/badnets_rate0.05_size3_e10
+
+``epochs=E`` lengthens the schedule for points whose backdoor does not form in
+the base 5 epochs (low rates); ``eval.reproduce`` reports each model's epochs
+and draws each schedule as its own curve.
 
 ``eval.reproduce`` finds finished runs under ``zoo/sweeps/``: the poisoning-rate
 sweep is those with size ``BASE_SIZE``, the trigger-size sweep those with rate
@@ -36,12 +42,14 @@ def get_config(arg: str = ''):
       config.poison_rate = float(value)
     elif key == 'size' and value:
       config.attack_kwargs.size = int(value)
+    elif key == 'epochs' and value:
+      config.num_epochs = int(value)
     else:
-      raise ValueError(f"unknown sweep override {part!r}; expected rate=R, size=S or quick "
+      raise ValueError(f"unknown sweep override {part!r}; expected rate=R, size=S, epochs=E or quick "
                        f"(got config argument {arg!r})")
   return default.quick(config) if quick else config
 
 
-def workdir_name(rate: float, size: int) -> str:
+def workdir_name(rate: float, size: int, epochs: int = EPOCHS) -> str:
   """The run directory name under ``zoo/sweeps/`` for one sweep point."""
-  return f'badnets_rate{rate:g}_size{size}'
+  return f'badnets_rate{rate:g}_size{size}' + ('' if epochs == EPOCHS else f'_e{epochs}')
