@@ -901,7 +901,8 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
       if len(schedules) > 1:
         label += f', {"?" if epochs is None else epochs} epochs'
       ax.plot([r[x_name] for r in group], [r[mode] for r in group],
-              ('o', '^', 'D', 'v')[k % 4] + ('-' if i < 2 else '--'),
+              (('o', '^', 'D', 'v') if i < 2 else ('s', '<', 'p', '>'))[k % 4]
+              + ('-' if i < 2 else '--'),
               color=('tab:blue', 'tab:orange')[i % 2], alpha=1.0 if k == 0 else 0.6,
               label=label)
   ax.set_xlabel(x_name.replace('_', ' '))

@@ -184,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``config.json``, ``trigger.npz`` (mask, pattern, poison indices, target),
   ``checkpoints/`` and, at the end, ``metrics.json``.
   """
+  if int(config.num_epochs) < 1:
+    raise ValueError(f'num_epochs must be at least 1, got {config.num_epochs}')
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.time()

@@ -97,3 +97,12 @@ def test_train_main_unknown_attack_is_one_line(tmp_path):
   assert r.returncode == 2
   assert 'error:' in r.stderr and 'Traceback' not in r.stderr
   assert "unknown attack 'badnett'" in r.stderr  # checked before the data is loaded
+
+
+@pytest.mark.parametrize('epochs', [0, -3])
+def test_train_rejects_a_schedule_without_epochs(tmp_path, epochs):
+  config = badnets_resnet20.get_config()
+  config.num_epochs = epochs
+  with pytest.raises(ValueError, match=f'num_epochs must be at least 1, got {epochs}'):
+    train.train_and_evaluate(config, str(tmp_path / 'r'))
+  assert not (tmp_path / 'r').exists()  # fails before it creates the run directory
