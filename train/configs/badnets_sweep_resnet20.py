@@ -3,7 +3,7 @@
 A cheaper recipe than the zoo's (5 epochs instead of 16) so that a sweep of
 several models fits a CPU; every model of a sweep shares it, including the
 base point (rate 0.1, size 3) that both sweeps share. The argument after the
-colon overrides the rate and the patch size:
+colon overrides the rate, the patch size and the number of epochs:
 
   python -m train.main --config train/configs/badnets_sweep_resnet20.py:rate=0.01 \
       --workdir zoo/sweeps/badnets_rate0.01_size3
