@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import jax
@@ -129,20 +128,27 @@ def save_trigger(path, trigger, target: int, poison_indices=(), **extra) -> None
   """Writes ``trigger`` (any kind), the target and poisoned indices to ``path`` (.npz).
 
   Written to a temporary file first and renamed, so a crash never leaves a
-  half-written file in place of a good one.
+  half-written file in place of a good one; the file carries the digest of
+  every array (:func:`scaleup_jax.integrity.save_npz_checked`, kind
+  ``'trigger'``), checked by :func:`load_trigger`.
   """
-  path = Path(path)
-  tmp = path.with_name(path.stem + '.tmp.npz')
-  np.savez_compressed(tmp, kind=np.asarray(trigger.kind), target=np.int64(target),
-                      poison_indices=np.asarray(poison_indices, np.int64),
-                      **trigger.arrays(), **extra)
-  tmp.replace(path)
+  from scaleup_jax import integrity
+  integrity.save_npz_checked(path, 'trigger', kind=np.asarray(trigger.kind),
+                             target=np.int64(target),
+                             poison_indices=np.asarray(poison_indices, np.int64),
+                             **trigger.arrays(), **extra)
 
 
 def load_trigger(path):
-  """Reads a file written by :func:`save_trigger`; returns ``(trigger, target)``."""
-  with np.load(path, allow_pickle=False) as z:
-    arrays = {k: z[k] for k in z.files}
+  """Reads a file written by :func:`save_trigger`; returns ``(trigger, target)``.
+
+  Raises:
+    IntegrityError: naming the file, if it is missing, unreadable or an array
+      differs from its checksum. A file written before checksums existed loads
+      after a one-line warning.
+  """
+  from scaleup_jax import integrity
+  arrays = integrity.load_npz_checked(path, 'trigger')
   target = int(arrays.pop('target'))
   arrays.pop('poison_indices', None)
   return trigger_from_arrays(arrays), target
@@ -247,6 +253,33 @@ def make_trigger(name: str, key: jax.Array, image_shape=(32, 32, 3), **kwargs) -
   if name not in ATTACKS:
     raise ValueError(f'unknown trigger {name!r}; expected one of {sorted(ATTACKS)}')
   return ATTACKS[name](key, image_shape, **kwargs)
+
+
+def draw_target(key: jax.Array, num_classes: int, avoid: Sequence[int] = ()) -> int:
+  """Draws a backdoor target class uniformly from the classes not in ``avoid``.
+
+  The paper draws its targets at random (Sec. 5.1, App. C); zoo v2 avoids the
+  clean model's saturation class, the class amplified images fall into, since a
+  target there makes SCALE-UP's data-limited mode blind (docs/reproduction.md).
+
+  Args:
+    key: PRNG key; the same key gives the same class.
+    num_classes: number of classes ``K``.
+    avoid: classes that may not be drawn.
+
+  Returns:
+    An ``int`` in ``[0, K)`` not in ``avoid``.
+
+  Example:
+    >>> k = jax.random.fold_in(jax.random.key(2023), 0)
+    >>> t = draw_target(k, 10, avoid=(0,))
+    >>> 1 <= t < 10
+    True
+  """
+  allowed = np.setdiff1d(np.arange(num_classes), np.asarray(avoid, np.int64))
+  if len(allowed) == 0:
+    raise ValueError(f'draw_target: avoid={tuple(avoid)} leaves none of {num_classes} classes')
+  return int(allowed[int(jax.random.randint(key, (), 0, len(allowed)))])
 
 
 def select_poison_indices(

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from conftest import ROOT, requires_cifar
-from scaleup_jax import attacks, data, models, poison, train
+from scaleup_jax import attacks, data, integrity, models, poison, train
 from scaleup_jax.validation import InputError
 
 CONFIGS = {
@@ -272,7 +272,8 @@ def test_issba_recipe(tmp_path):
     attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path)
   # An info file from before settings were recorded is still accepted.
   info_file = tmp_path / 'trigger_encoder_info.json'
-  legacy = json.loads(info_file.read_text())
+  legacy = integrity.load_json_checked(info_file, 'trigger_info')  # written with a checksum
   del legacy['settings']
-  info_file.write_text(json.dumps(legacy))
-  assert attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path).trigger.kind == 'encoder'
+  info_file.write_text(json.dumps(legacy))  # a plain file, as older versions wrote
+  with pytest.warns(integrity.UncheckedFileWarning):
+    assert attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path).trigger.kind == 'encoder'

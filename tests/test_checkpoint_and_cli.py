@@ -58,7 +58,8 @@ def test_load_run_errors(quick_run, tmp_path):
   for f in (broken / 'checkpoints').rglob('*'):
     if f.is_file() and 'd' in f.parent.name and f.parent.name != 'extra':
       f.write_bytes(b'garbage')
-  with pytest.raises(CheckpointError, match='corrupt or unreadable checkpoint'):
+  # The manifest names the first damaged file before orbax reads any (scaleup_jax.integrity).
+  with pytest.raises(checkpoint.IntegrityError, match=r"checkpoints/1/.*' has \d+ bytes, the manifest says"):
     checkpoint.load_run(broken)
   # No checkpoint step at all.
   empty = tmp_path / 'empty'

@@ -42,11 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaleup_jax import data as data_lib
+from scaleup_jax import integrity
+from scaleup_jax import paths
 from scaleup_jax import poison
 from scaleup_jax.validation import InputError
 
 CLEAN, POISONED, CROSS = 0, 1, 2
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,21 +127,48 @@ def _clean_label_indices(key, train, config) -> np.ndarray:
 
 def _load_clean_model(path: str):
   from scaleup_jax import checkpoint as ckpt_lib
-  p = Path(path)
-  if not p.is_absolute() and not p.exists():
-    p = REPO_ROOT / p
-  return ckpt_lib.load_run(p)
+  return ckpt_lib.load_run(paths.resolve_ckpt(path))
 
 
 def _info_file(workdir, kind: str, info: dict | None = None) -> dict:
-  """Saves (``info`` given) or reads the facts of an expensive trigger beside its file."""
+  """Saves (``info`` given) or reads the facts of an expensive trigger beside its file.
+
+  Saved atomically with a checksum (:func:`integrity.save_json_checked`, kind
+  ``'trigger_info'``); a plain JSON file of an older version is accepted.
+  """
   if workdir is None:
     return info or {}
   f = Path(workdir) / f'trigger_{kind}_info.json'
   if info is not None:
-    f.write_text(json.dumps(info, indent=2, default=float))
+    info = json.loads(json.dumps(info, default=float))
+    integrity.save_json_checked(f, info, 'trigger_info')
     return info
-  return json.loads(f.read_text()) if f.is_file() else {}
+  return integrity.load_json_checked(f, 'trigger_info', allow_unchecked=True) if f.is_file() else {}
+
+
+POISON_CACHE = 'poison_cache.npz'
+
+
+def save_poison_cache(path, indices, images, settings: dict) -> None:
+  """Atomically writes a poisoned-image cache with its checksum (kind ``'poison_cache'``)."""
+  integrity.save_npz_checked(path, 'poison_cache', indices=np.asarray(indices),
+                             images=np.asarray(images), settings=json.dumps(settings))
+
+
+def load_poison_cache(path, settings: dict, indices) -> np.ndarray | None:
+  """The cached images of ``path`` if made for ``indices``, else None.
+
+  Raises:
+    IntegrityError: naming the file, if it is unreadable or altered.
+    InputError: if it was made with other attack settings than ``settings``.
+  """
+  z = integrity.load_npz_checked(path, 'poison_cache')
+  missing = sorted({'indices', 'images'} - set(z))
+  if missing:
+    raise integrity.IntegrityError(f'{str(path)!r} lacks arrays {missing} of a poison cache')
+  saved = json.loads(str(z['settings'])) if 'settings' in z else None
+  _check_settings(saved, settings, Path(path))
+  return z['images'] if np.array_equal(z['indices'], indices) else None
 
 
 def _settings(config, exclude: tuple = ()) -> dict:
@@ -290,22 +318,18 @@ def _label_consistent(key, train, config, kw, workdir):
   clean_ckpt = kw.pop('clean_ckpt', 'zoo/cifar10_clean_resnet20')
   trigger = adversarial.label_consistent_trigger(k_trigger, train.images.shape[1:], **kw)
   idx = _clean_label_indices(k_poison, train, config)
-  cache = Path(workdir) / 'poison_cache.npz' if workdir is not None else None
+  cache = Path(workdir) / POISON_CACHE if workdir is not None else None
   settings = _settings(config)
   adv = None
   if cache is not None and cache.is_file():
-    with np.load(cache) as z:
-      saved = json.loads(str(z['settings'])) if 'settings' in z.files else None
-      _check_settings(saved, settings, cache)
-      if np.array_equal(z['indices'], idx):
-        adv = z['images']
+    adv = load_poison_cache(cache, settings, idx)
   if adv is None:
     clean = _load_clean_model(clean_ckpt)
     adv = adversarial.pgd_dataset(k_pgd, clean.apply_fn, clean.variables, train.images[idx],
                                   train.labels[idx], progress=config.get('progress', True),
                                   **pgd)
     if cache is not None:
-      np.savez_compressed(cache, indices=idx, images=adv, settings=json.dumps(settings))
+      save_poison_cache(cache, idx, adv, settings)
   images = np.array(train.images, copy=True)
   images[idx] = trigger.apply(adv)
   flags = np.zeros(len(train), np.int32)
