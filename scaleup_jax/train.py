@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from scaleup_jax import attacks
 from scaleup_jax import checkpoint as ckpt_lib
 from scaleup_jax import data as data_lib
+from scaleup_jax import integrity
 from scaleup_jax import models
 from scaleup_jax import poison
 from scaleup_jax.batching import map_batches
@@ -140,9 +141,19 @@ def make_batch_prep(batch_transform=None):
   return prep
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(apply_fn, variables, images):
+  return jnp.argmax(apply_fn(variables, images), -1)
+
+
 def predict_labels(apply_fn, variables, images, batch_size: int = 500, progress=False):
-  """Predicted labels ``(N,)`` for host images ``(N, H, W, C)``, batched and padded."""
-  fn = jax.jit(lambda x: jnp.argmax(apply_fn(variables, x), -1))
+  """Predicted labels ``(N,)`` for host images ``(N, H, W, C)``, batched and padded.
+
+  One compiled function per ``apply_fn`` (a static argument, so keep the same
+  object across calls, as the training loop does) and batch shape; the
+  variables are an argument, so new weights after each epoch do not recompile.
+  """
+  fn = functools.partial(_predict, apply_fn, variables)
   return map_batches(fn, images, batch_size, desc='predict', progress=progress)
 
 
@@ -171,7 +182,7 @@ def prepare_data(config, key, workdir=None):
   """
   attacks.check_attack_name(config.attack)
   load = functools.partial(data_lib.load_split, config.dataset, data_dir=config.data_dir,
-                           download=config.get('download', False))
+                           download=config.get('download'))
   train = load('train', max_examples=config.max_train_examples or None)
   test = load('test', max_examples=config.max_test_examples or None)
   return attacks.build_poisoning(key, train, config, workdir), test
@@ -180,9 +191,11 @@ def prepare_data(config, key, workdir=None):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per ``config``, checkpointing to ``workdir``; returns the final metrics.
 
-  Resumes from the latest checkpoint in ``workdir`` if there is one. Writes
-  ``config.json``, ``trigger.npz`` (mask, pattern, poison indices, target),
-  ``checkpoints/`` and, at the end, ``metrics.json``.
+  Resumes from the latest checkpoint in ``workdir`` if there is one, after
+  checking it against the run's ``manifest.json`` (see
+  :mod:`scaleup_jax.checkpoint`). Writes ``config.json``, ``trigger.npz``
+  (mask, pattern, poison indices, target), ``checkpoints/``, the manifest and,
+  at the end, ``metrics.json``; a kill at any point resumes to the same model.
   """
   if int(config.num_epochs) < 1:
     raise ValueError(f'num_epochs must be at least 1, got {config.num_epochs}')
@@ -194,7 +207,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   poisoning, test = prepare_data(config, k_data, workdir)
   train, trigger, poison_idx = poisoning.train, poisoning.trigger, poisoning.poison_indices
-  ckpt_lib.save_run_files(workdir, config, trigger, poison_idx)
 
   model = models.get_model(config.model, train.num_classes)
   steps_per_epoch = len(train) // config.batch_size
@@ -205,11 +217,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   manager = ckpt_lib.checkpoint_manager(workdir)
   start_epoch, history, elapsed = 0, [], 0.0
-  if manager.latest_step() is not None:
+  resuming = manager.latest_step() is not None
+  if resuming:
     state, extra = ckpt_lib.restore_train_state(manager, state)
     start_epoch, history = extra['epoch'], extra['history']
     elapsed = extra.get('train_seconds', 0.0)
     print(f'Resuming from epoch {start_epoch} in {workdir}', flush=True)
+  # Written after the checkpoint was verified, so a refused resume changes nothing.
+  ckpt_lib.save_run_files(workdir, config, trigger, poison_idx, resuming=resuming)
 
   jit_step = jax.jit(functools.partial(train_step, adaptive=poisoning.adaptive), donate_argnums=0)
   jit_prep = jax.jit(make_batch_prep(poisoning.batch_transform))
@@ -217,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   quick_test = test.take(np.arange(min(len(test), config.eval_subset)))
 
   for epoch in range(start_epoch, config.num_epochs):
+    integrity.fault_point(f'epoch_start:{epoch}')
     t0 = time.time()
     k_epoch = jax.random.fold_in(k_train, epoch)
     k_perm, k_aug = jax.random.split(k_epoch)
@@ -248,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(json.dumps(record), flush=True)
     ckpt_lib.save_train_state(manager, epoch + 1, state,
                               {'epoch': epoch + 1, 'history': history, 'train_seconds': elapsed})
-  manager.wait_until_finished()
+  ckpt_lib.finish_saves(manager)
 
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   final = backdoor_metrics(apply_eval, variables, test, trigger, config.target_label,
@@ -271,7 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'device': jax.devices()[0].device_kind,
       'history': history,
   }
-  (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+  integrity.atomic_write_json(workdir / 'metrics.json', metrics)
+  ckpt_lib.record_file(workdir, 'metrics.json')
   print(f"BA {final['ba']:.4f}" + (f"  ASR {final['asr']:.4f}" if 'asr' in final else ''),
         flush=True)
   return metrics

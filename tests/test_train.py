@@ -106,3 +106,23 @@ def test_train_rejects_a_schedule_without_epochs(tmp_path, epochs):
   with pytest.raises(ValueError, match=f'num_epochs must be at least 1, got {epochs}'):
     train.train_and_evaluate(config, str(tmp_path / 'r'))
   assert not (tmp_path / 'r').exists()  # fails before it creates the run directory
+
+
+def test_predict_labels_compiles_once_across_new_weights():
+  """The training loop's evaluation reuses one compiled function as the weights change."""
+  model = models.get_model('tiny', 10)
+  traces = []
+
+  def apply_fn(variables, x):
+    traces.append(x.shape)  # runs at trace time only
+    return model.apply(variables, x, train=False)
+
+  images = np.random.default_rng(0).uniform(size=(70, 32, 32, 3)).astype(np.float32)
+  outs = []
+  for seed in range(3):  # three "epochs": new weights, same shapes
+    variables = model.init(jax.random.key(seed), images[:1], train=False)
+    outs.append(train.predict_labels(apply_fn, variables, images, batch_size=32))
+  assert len(traces) == 1, traces
+  assert all(o.shape == (70,) for o in outs)
+  v = model.init(jax.random.key(2), images[:1], train=False)
+  np.testing.assert_array_equal(outs[2], np.argmax(model.apply(v, images, train=False), -1))
