@@ -4,12 +4,25 @@ Images leave this module as ``float32`` arrays in ``[0, 1]`` with shape
 ``(N, H, W, C)`` and labels as ``int32`` ``(N,)``. Reading goes through
 ``tfds.data_source``, which needs no TensorFlow. The data directory is, in
 order: the ``data_dir`` argument, ``$TFDS_DATA_DIR``, ``~/tensorflow_datasets``.
+
+Data on first use: when CIFAR-10 is absent it is downloaded (with tfds' progress
+bars and its registered checksum of the official archive) and prepared into that
+directory in tfds' own ``array_record`` layout, by :class:`Cifar10Builder`, a
+TensorFlow-free variant of tfds' ``cifar10`` builder (tfds' own one needs
+TensorFlow to read the archive). ``download=False``, or the environment variable
+``SCALEUP_JAX_NO_DOWNLOAD=1``, forbids it. Offline, a probe of the download
+host fails within seconds with one line saying where the data was looked for.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import io
 import os
+import socket
+import tarfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +30,120 @@ import numpy as np
 
 class DatasetNotFoundError(FileNotFoundError):
   """A tfds dataset is not prepared in any directory that was searched."""
+
+
+NO_DOWNLOAD_ENV = 'SCALEUP_JAX_NO_DOWNLOAD'
+# The official archive (tfds registers its checksum); overridable for mirrors and tests.
+CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
+URL_ENV = 'SCALEUP_JAX_CIFAR10_URL'
+PROBE_TIMEOUT_S = 5.0
+
+
+def download_allowed(download: bool | None = None) -> bool:
+  """``download`` if given, else True unless ``$SCALEUP_JAX_NO_DOWNLOAD`` is set (1/true/yes)."""
+  if download is not None:
+    return bool(download)
+  return os.environ.get(NO_DOWNLOAD_ENV, '').strip().lower() not in ('1', 'true', 'yes')
+
+
+def cifar10_url() -> str:
+  return os.environ.get(URL_ENV) or CIFAR10_URL
+
+
+def probe_url(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+  """None if a TCP connection to ``url``'s host opens within ``timeout`` s, else the reason.
+
+  Name resolution runs in a worker thread so that a stalled resolver cannot
+  hold the caller past ``timeout`` either.
+  """
+  parts = urllib.parse.urlsplit(url)
+  host = parts.hostname or ''
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+
+  def connect():
+    with socket.create_connection((host, port), timeout=timeout):
+      return None
+
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    pool.submit(connect).result(timeout=timeout)
+    return None
+  except concurrent.futures.TimeoutError:
+    return f'no answer from {host}:{port} within {timeout:g} s'
+  except OSError as e:
+    return f'cannot reach {host}:{port} ({e.strerror or e})'
+  finally:
+    pool.shutdown(wait=False)
+
+
+def _cifar10_builder_class():
+  """tfds' ``cifar10`` builder, reading its archive without TensorFlow (defined lazily)."""
+  import numpy as np
+  from PIL import Image
+  from tensorflow_datasets.image_classification import cifar
+
+  class Cifar10Builder(cifar.Cifar10, skip_registration=True):
+    """Same name, version, features and splits as tfds' ``cifar10``; Python I/O only."""
+
+    name = 'cifar10'
+
+    def _split_generators(self, dl_manager):
+      archive = dl_manager.download(cifar10_url())
+      info = self._cifar_info
+      with tarfile.open(archive) as tar:
+        member = tar.extractfile(info.prefix + info.label_files[0])
+        self.info.features['label'].names = member.read().decode().split()
+      return {'train': self._records(archive, 'train_', info.train_files),
+              'test': self._records(archive, 'test_', info.test_files)}
+
+    def _records(self, archive, prefix, files):
+      index = 0
+      with tarfile.open(archive) as tar:
+        for name in files:
+          raw = tar.extractfile(self._cifar_info.prefix + name).read()
+          rows = np.frombuffer(raw, np.uint8).reshape(-1, 1 + 32 * 32 * 3)
+          for row in rows:
+            png = io.BytesIO()
+            Image.fromarray(row[1:].reshape(3, 32, 32).transpose(1, 2, 0)).save(png, 'PNG')
+            png.seek(0)
+            yield index, {'id': f'{prefix}{index:05d}', 'label': int(row[0]), 'image': png}
+            index += 1
+
+  return Cifar10Builder
+
+
+def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+  """Downloads and prepares ``name`` into ``data_dir`` (tfds layout); returns its directory.
+
+  Raises:
+    DatasetNotFoundError: offline (the host probe fails within seconds), or
+      the download itself fails; the message says where and how to point at
+      a copy.
+  """
+  path = resolve_data_dir(data_dir)
+  if name != 'cifar10':
+    raise DatasetNotFoundError(
+        f'tfds dataset {name!r} is not prepared under {str(path)!r} and only cifar10 is '
+        'prepared automatically; prepare it with tfds (`tfds build`) and point --data_dir at it')
+  url = cifar10_url()
+  reason = probe_url(url)
+  if reason is not None:
+    raise DatasetNotFoundError(
+        f'tfds dataset {name!r} is not prepared under {str(path)!r} and cannot be downloaded: '
+        f'{reason}. Point --data_dir or $TFDS_DATA_DIR at a tfds data directory that holds '
+        f'it (or set ${URL_ENV} to a mirror of {CIFAR10_URL}).')
+  builder = _cifar10_builder_class()(data_dir=str(path))
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except Exception as e:  # network and checksum errors come in many types
+    msg = str(e).splitlines()[0] if str(e) else ''
+    raise DatasetNotFoundError(
+        f'downloading {name!r} from {url} into {str(path)!r} failed: {type(e).__name__}: {msg}. '
+        'Point --data_dir or $TFDS_DATA_DIR at a tfds data directory that holds it.') from None
+  found = _find_prepared(name, path)
+  if found is None:
+    raise DatasetNotFoundError(f'preparing {name!r} under {str(path)!r} left no dataset_info.json')
+  return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +184,7 @@ def load_split(
     name: str = 'cifar10',
     split: str = 'train',
     data_dir: str | os.PathLike | None = None,
-    download: bool = False,
+    download: bool | None = None,
     max_examples: int | None = None,
 ) -> ImageDataset:
   """Loads a tfds image-classification split into memory.
@@ -66,27 +193,30 @@ def load_split(
     name: tfds dataset name, e.g. ``'cifar10'``.
     split: ``'train'`` or ``'test'``.
     data_dir: tfds data directory; see the module docstring for the fallback.
-    download: allow tfds to download and prepare the dataset if it is absent
-      (needs network access).
+    download: download and prepare the dataset if it is absent (network
+      needed); None (default): yes, unless ``$SCALEUP_JAX_NO_DOWNLOAD`` is set.
     max_examples: read only the first ``max_examples`` rows (for quick runs).
 
   Returns:
     An :class:`ImageDataset` with float32 images in [0, 1].
 
   Raises:
-    DatasetNotFoundError: the dataset is absent and ``download`` is False.
+    DatasetNotFoundError: the dataset is absent and may not or cannot be
+      downloaded.
   """
   import tensorflow_datasets as tfds  # Heavy import; keep it local.
 
   path = resolve_data_dir(data_dir)
-  if not download and _find_prepared(name, path) is None:
-    raise DatasetNotFoundError(
-        f'tfds dataset {name!r} is not prepared under {str(path)!r} (looked for '
-        f'{str(path / name)}/<version>/dataset_info.json). Point --data_dir or '
-        f'$TFDS_DATA_DIR at a tfds data directory that holds it, or pass '
-        f'--download on a machine with network access.'
-    )
-  source = tfds.data_source(name, data_dir=str(path), download=download)
+  if _find_prepared(name, path) is None:
+    if not download_allowed(download):
+      raise DatasetNotFoundError(
+          f'tfds dataset {name!r} is not prepared under {str(path)!r} (looked for '
+          f'{str(path / name)}/<version>/dataset_info.json) and downloading is off '
+          f'(--nodownload or ${NO_DOWNLOAD_ENV}). Point --data_dir or $TFDS_DATA_DIR at a '
+          f'tfds data directory that holds it, or allow the download.'
+      )
+    prepare_dataset(name, path)
+  source = tfds.data_source(name, data_dir=str(path), download=False)
   if split not in source:
     raise ValueError(f'dataset {name!r} has no split {split!r}; it has {sorted(source)}')
   ds = source[split]
@@ -100,3 +230,24 @@ def load_split(
     labels[start : start + len(rows)] = [r['label'] for r in rows]
   num_classes = int(source[split].dataset_info.features['label'].num_classes)
   return ImageDataset(images.astype(np.float32) / 255.0, labels, num_classes)
+
+
+def class_names(name: str, data_dir: str | os.PathLike | None = None,
+                num_classes: int | None = None) -> list[str]:
+  """The label names of a prepared tfds dataset (``'0'..'K-1'`` if it has none)."""
+  import json
+  found = _find_prepared(name, resolve_data_dir(data_dir))
+  if found is not None and (found / 'label.labels.txt').is_file():
+    names = (found / 'label.labels.txt').read_text().split()
+    if names and (num_classes is None or len(names) == num_classes):
+      return names
+  if found is not None:
+    try:
+      info = json.loads((found / 'features.json').read_text())
+      names = info['featuresDict']['features']['label']['classLabel']['names']
+      if names:
+        return list(names)
+    except (OSError, KeyError, ValueError, TypeError):
+      pass
+  return [str(k) for k in range(num_classes or 0)]
+

@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-ZOO = Path(__file__).resolve().parents[1] / 'zoo'
+from scaleup_jax import paths
+
+ZOO = paths.zoo_dir(required=False) or Path('zoo')
 
 
 def zoo_entries(zoo_dir: Path = ZOO) -> list[dict]:

@@ -14,6 +14,9 @@ _shared = ROOT.parent / 'shared' / 'tensorflow_datasets'
 if not os.environ.get('TFDS_DATA_DIR') and _shared.is_dir():
   os.environ['TFDS_DATA_DIR'] = str(_shared)
 
+# Tests never download: the tests of the download path serve a fake archive on 127.0.0.1.
+os.environ['SCALEUP_JAX_NO_DOWNLOAD'] = '1'
+
 from scaleup_jax.xla_flags import set_default_xla_flags  # noqa: E402
 
 set_default_xla_flags()

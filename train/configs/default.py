@@ -9,7 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.dataset = 'cifar10'
   config.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  config.download = False  # True lets tfds download the dataset (network needed).
+  config.download = config_dict.placeholder(bool)  # None: download if absent unless $SCALEUP_JAX_NO_DOWNLOAD.
   config.max_train_examples = 0  # 0 = all; the quick switch sets a small number.
   config.max_test_examples = 0
 
