@@ -5,8 +5,14 @@
   python -m eval.detect --mode data-free --scales 3,5,7,9,11 --out results.json
   python -m eval.detect --detector strip --detector_options num_overlays=50
 
-Prints BA, ASR, AUROC and TPR at 1%/5% FPR (data-free and data-limited) and
-throughput, and writes them as JSON (plus a PNG of the scores and ROC).
+  python -m eval.detect --dense_scales 2,3,4,5,6,7,8,9,10,11,12 --save_detectors dets/
+
+Prints BA, ASR, AUROC per mode and, for every label-only score and each
+false-positive budget (--alphas, default 1%, 5%, 10%), the threshold
+calibrated on the defender's images, the realised FPR on the held-out
+evaluation images and the TPR, each with its exact binomial interval, with a
+legend and a one-line reading wherever a rate is 0 or a budget is unmet; writes
+the same as JSON (plus a PNG of the scores and ROC).
 """
 
 from scaleup_jax.xla_flags import set_default_xla_flags
@@ -19,9 +25,11 @@ from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of a trained model (default: zoo BadNets ResNet-20).')
 flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-flags.DEFINE_bool('download', False, 'Let tfds download the dataset if it is absent (needs network).')
+flags.DEFINE_bool('download', None, 'Download and prepare CIFAR-10 if it is absent (the default, unless '
+                  '$SCALEUP_JAX_NO_DOWNLOAD=1); --nodownload forbids it.')
 flags.DEFINE_integer('num_images', 0, 'Evaluation images taken from the test set (0 = all not held by the defender).')
-flags.DEFINE_integer('num_defense_per_class', 100, 'Benign images per class for the data-limited statistics.')
+flags.DEFINE_integer('num_defense_per_class', 100, 'Benign defender images per class: the data-limited '
+                     'statistics and the calibration of every threshold (disjoint from the evaluation images).')
 flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_list('scales', ['3', '5', '7', '9', '11'], 'Amplification factors, each >= 1.')
 flags.DEFINE_string('mode', 'both', 'data-free, data-limited or both.')
@@ -31,13 +39,40 @@ flags.DEFINE_string('method', 'auto', "How scales are batched: 'vmap' (one batch
 flags.DEFINE_string('detector', 'scaleup', 'Detector: scaleup, strip, shrinkpad, deepsweep, frequency, ibd_psc or teco.')
 flags.DEFINE_list('detector_options', [], 'Baseline options as key=value (numbers parsed), e.g. num_overlays=50.')
 flags.DEFINE_bool('keep_all_poisoned', False, 'Score every poisoned image, not only those the attack fooled.')
-flags.DEFINE_integer('noise_copies', 0, 'Add this many Gaussian-noised copies of every benign and poisoned image.')
-flags.DEFINE_float('noise_std', 0.05, 'Std of that noise (pixels in [0, 1]).')
-flags.DEFINE_integer('seed', 0, 'Seed of the defender/evaluation split and the noise.')
+flags.DEFINE_integer('noise_copies', 0, 'Add this many noisy copies of every benign and poisoned image.')
+flags.DEFINE_enum('noise_kind', 'uniform', ['uniform', 'gaussian'],
+                  "That noise: 'uniform' adds m*U[0,1) (the official code's), 'gaussian' m*N(0,1).")
+flags.DEFINE_float('noise_magnitude', 0.02, 'm of that noise (pixels in [0, 1]).')
+flags.DEFINE_string('protocol', None, "'paper': the paper's evaluation sets (Sec. 5.1): one uniform "
+                    'noisy copy (0.02 U[0,1), the official code\'s) of every benign and successfully attacked image, '
+                    '100 defender images per class.')
+flags.DEFINE_bool('jpeg_match', False, 'Re-encode the poisoned test images as JPEG (quality 75, '
+                  '4:2:0), like the offline CIFAR-10 copy.')
+flags.DEFINE_string('data_limited_form', 'standardised', 'Data-limited score: standardised, '
+                    'literal, balanced, centred or scaled (scaleup.data_limited_scores).')
+flags.DEFINE_enum('group_by', 'predicted', ['predicted', 'true'],
+                  "Group the defender images' statistics by their predicted or true class.")
+flags.DEFINE_list('alphas', ['0.01', '0.05', '0.1'], 'False-positive budgets of the calibrated '
+                  'operating points (empty: none).')
+flags.DEFINE_enum('calibration_rule', 'conformal', ['conformal', 'plugin'],
+                  "Threshold rule: 'conformal' (E[FPR] <= alpha for exchangeable benign images) or "
+                  "'plugin' (exact alpha on the calibration images, no guarantee).")
+flags.DEFINE_list('dense_scales', [], 'A denser scale grid for the finer label-only scores, e.g. '
+                  '2,3,...,12 (costs 1 + |grid| forward passes per image; empty: none).')
+flags.DEFINE_string('save_detectors', None, 'Directory to save one calibrated detector (JSON) per '
+                    'score and budget; load with scaleup_jax.calibration.load_detector.')
+flags.DEFINE_integer('seed', 0, 'Seed of the defender/evaluation split, the noise and the tie coins.')
 flags.DEFINE_string('out', None, 'JSON output path (default runs/detect/<ckpt name>/detect.json).')
 flags.DEFINE_bool('plot', True, 'Also write a PNG of the score distributions and ROC curves.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
+
+
+def _numbers(name, values) -> tuple:
+  try:
+    return tuple(float(s) for s in values)
+  except ValueError:
+    raise ValueError(f'--{name} must be numbers; got {values}') from None
 
 
 def main(argv):
@@ -45,17 +80,19 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import evaluate
   with cli.friendly_errors():
-    try:
-      scales = tuple(float(s) for s in FLAGS.scales)
-    except ValueError:
-      raise ValueError(f'--scales must be numbers; got {FLAGS.scales}') from None
+    scales = _numbers('scales', FLAGS.scales)
     opts = evaluate.DetectOptions(
         detector=FLAGS.detector, detector_options=evaluate.parse_options(FLAGS.detector_options),
         ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, download=FLAGS.download, num_images=FLAGS.num_images,
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         scales=scales, mode=FLAGS.mode, method=FLAGS.method,
         keep_all_poisoned=FLAGS.keep_all_poisoned, noise_copies=FLAGS.noise_copies,
-        noise_std=FLAGS.noise_std, seed=FLAGS.seed, out=FLAGS.out, plot=FLAGS.plot,
+        noise_kind=FLAGS.noise_kind, noise_magnitude=FLAGS.noise_magnitude,
+        protocol=FLAGS.protocol, jpeg_match=FLAGS.jpeg_match,
+        data_limited_form=FLAGS.data_limited_form, group_by=FLAGS.group_by,
+        alphas=_numbers('alphas', FLAGS.alphas), calibration_rule=FLAGS.calibration_rule,
+        dense_scales=_numbers('dense_scales', FLAGS.dense_scales),
+        save_detectors=FLAGS.save_detectors, seed=FLAGS.seed, out=FLAGS.out, plot=FLAGS.plot,
         progress=FLAGS.progress)
     print(evaluate.format_summary(evaluate.evaluate_detection(opts)))
 

@@ -7,8 +7,12 @@ evaluation images, stamps the run's trigger on every evaluation image whose
 true label is not the target, scores everything with one compiled detector
 (SCALE-UP by default, or any of :data:`scaleup_jax.detectors.NAMES`) and
 reports BA, ASR, AUROC and TPR at 1%/5% FPR (for SCALE-UP: data-free SPC and
-data-limited scores), plus throughput. Results go to JSON (and a PNG of the
-score distributions and ROC).
+data-limited scores), plus throughput. For SCALE-UP it also reports operating
+points (:func:`operating_points`): for every label-only score and each budget
+in ``alphas``, the threshold calibrated on the defender's images
+(:mod:`scaleup_jax.calibration`) and the realised FPR on the held-out benign
+evaluation images and TPR, with exact binomial intervals. Results go to JSON
+(and a PNG of the score distributions and ROC).
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from scaleup_jax import calibration
 from scaleup_jax import checkpoint as ckpt_lib
 from scaleup_jax import data as data_lib
 from scaleup_jax import detectors
-from scaleup_jax import poison
+from scaleup_jax import jpeg
+from scaleup_jax import paths
 from scaleup_jax import scaleup
+from scaleup_jax.batching import map_batches
 from scaleup_jax.metrics import detection_metrics, roc_points
 from scaleup_jax.validation import InputError
 
-ZOO = Path(__file__).resolve().parents[1] / 'zoo'
-DEFAULT_CKPT = ZOO / 'cifar10_badnets_resnet20'
+# The zoo as found from the working directory or the install (scaleup_jax.paths).
+ZOO = paths.zoo_dir(required=False) or Path('zoo')
 MODES = ('data-free', 'data-limited', 'both')
 
 
@@ -40,7 +47,7 @@ class DetectOptions:
 
   ckpt: str | None = None  # None: the zoo BadNets ResNet-20.
   data_dir: str | None = None
-  download: bool = False  # let tfds download CIFAR-10 if absent (network needed)
+  download: bool | None = None  # None: download if absent unless $SCALEUP_JAX_NO_DOWNLOAD
   num_images: int = 0  # evaluation images before poisoning; 0 = all remaining.
   num_defense_per_class: int = 100
   batch_size: int = 256
@@ -51,7 +58,19 @@ class DetectOptions:
   detector_options: dict = dataclasses.field(default_factory=dict)
   keep_all_poisoned: bool = False
   noise_copies: int = 0
-  noise_std: float = 0.05
+  noise_kind: str = 'uniform'  # NOISE_KINDS: x + m U[0, 1) or x + m N(0, 1) (add_noise_copies)
+  noise_magnitude: float = 0.02  # m: the uniform noise's range or the Gaussian's std
+  protocol: str | None = None  # 'paper': the evaluation sets of the paper (PROTOCOLS)
+  jpeg_match: bool = False  # re-encode poisoned test images like the dataset's (scaleup_jax.jpeg)
+  data_limited_form: str = 'standardised'  # scaleup.DATA_LIMITED_FORMS
+  group_by: str = 'predicted'  # defender statistics by 'predicted' or 'true' class
+  # Operating points (scaleup_jax.calibration): thresholds calibrated on the defender's
+  # images for each false-positive budget, measured on the held-out evaluation images.
+  alphas: tuple = (0.01, 0.05, 0.1)
+  calibration_rule: str = 'conformal'  # calibration.RULES
+  dense_scales: tuple = ()  # a denser grid for the finer label-only scores; () = none
+  curve_alphas: tuple = ()  # extra budgets for a TPR-against-budget curve (expected rates)
+  save_detectors: str | None = None  # directory: one calibrated detector JSON per score and alpha
   seed: int = 0
   out: str | None = None  # JSON path; None: runs/detect/<ckpt name>/detect.json
   plot: bool = True
@@ -96,13 +115,230 @@ def split_test_set(key, labels, num_classes, num_defense_per_class, num_images):
   return defense, rest
 
 
-def add_noise_copies(key, images, copies: int, std: float):
-  """``copies`` Gaussian-noised versions of ``images`` (clipped to [0, 1]).
+NOISE_KINDS = ('uniform', 'gaussian')
 
-  Returns ``(copies * N, H, W, C)``, ordered copy-major.
+
+def add_noise_copies(key, images, copies: int = 1, kind: str = 'uniform',
+                     magnitude: float = 0.02):
+  """``copies`` randomly noised versions of ``images``, clipped to [0, 1].
+
+  The paper's evaluation sets (Sec. 5.1) add to each benign and poisoned test
+  image one copy with "small random noise": "The noise magnitude is set to
+  0.05", noise that "will not significantly affect the attack success rate
+  and the benign accuracy". Its official code adds ``0.02 * U[0, 1)``, the
+  default here: on the zoo models it changes BA and ASR least of the noises
+  measured (docs/reproduction.md, "The paper's evaluation sets").
+
+  * ``'uniform'``: ``x + magnitude * U[0, 1)`` (the official code's noise;
+    non-negative, mean ``magnitude / 2``).
+  * ``'gaussian'``: ``x + magnitude * N(0, 1)`` (``magnitude`` is the std).
+
+  Copy ``c`` is drawn with ``jax.random.fold_in(key, c)`` for either kind, so
+  the same key gives the same copies and copy ``c`` does not depend on how
+  many copies are asked for.
+
+  Args:
+    key: PRNG key.
+    images: ``(N, H, W, C)`` float in [0, 1].
+    copies: noisy versions per image, >= 0.
+    kind: one of :data:`NOISE_KINDS`.
+    magnitude: ``m`` of the uniform noise or the std of the Gaussian, >= 0.
+
+  Returns:
+    float32 ``(copies * N, H, W, C)``, copy-major (all images' first copy,
+    then their second, ...).
+
+  Example:
+    >>> x = np.full((2, 1, 1, 1), 0.5, np.float32)
+    >>> y = add_noise_copies(jax.random.key(0), x, 1, 'uniform', 0.02)
+    >>> bool(((y >= 0.5) & (y < 0.52)).all())
+    True
+
+  References:
+    Guo et al. 2023, Sec. 5.1 ("Settings for Evaluation Datasets").
   """
-  noise = np.asarray(jax.random.normal(key, (copies, *images.shape)), np.float32)
-  return np.clip(images[None] + std * noise, 0.0, 1.0).reshape(-1, *images.shape[1:])
+  if kind not in NOISE_KINDS:
+    raise InputError(f'unknown noise kind {kind!r}; expected one of {NOISE_KINDS}')
+  if copies < 0 or not magnitude >= 0:
+    raise InputError(f'noise copies and magnitude must be >= 0; got {copies}, {magnitude}')
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4:
+    raise InputError(f'images must have shape (N, H, W, C); got {images.shape}')
+  out = np.empty((copies, *images.shape), np.float32)
+  draw = jax.random.uniform if kind == 'uniform' else jax.random.normal
+  for c in range(copies):
+    noise = np.asarray(draw(jax.random.fold_in(key, c), images.shape, jax.numpy.float32))
+    out[c] = np.clip(images + np.float32(magnitude) * noise, 0.0, 1.0)
+  return out.reshape(-1, *images.shape[1:])
+
+
+# Named evaluation-set presets: the DetectOptions values (and the builder's
+# settings) each fixes.
+PROTOCOLS = {
+    # Sec. 5.1: negatives = benign test images + one noisy copy each; positives =
+    # the poisoned test images that attack successfully + one noisy copy each;
+    # 100 benign images per class held by the defender, disjoint from both.
+    # The text says "magnitude 0.05"; the noise is the official code's 0.02 * U[0, 1),
+    # the one that least affects BA and ASR on the zoo models (docs/reproduction.md,
+    # "The paper's evaluation sets", has the measurement behind the choice).
+    'paper': {'num_defense_per_class': 100, 'noise_copies': 1, 'noise_kind': 'uniform',
+              'noise_magnitude': 0.02, 'keep_all_poisoned': False},
+}
+_BUILD_DEFAULTS = {'num_defense_per_class': 100, 'num_images': 0, 'noise_copies': 0,
+                   'noise_kind': 'uniform', 'noise_magnitude': 0.02, 'successful_only': False,
+                   'jpeg_match': False}
+_BUILD_PROTOCOLS = {
+    'paper': {**{k: v for k, v in PROTOCOLS['paper'].items() if k in _BUILD_DEFAULTS},
+              'successful_only': True},
+}
+
+
+def resolve_protocol(opts: DetectOptions) -> DetectOptions:
+  """``opts`` with the preset of ``opts.protocol`` (:data:`PROTOCOLS`) filled in.
+
+  A field left at its default takes the preset's value; a field set to
+  another value than the preset's raises, naming both.
+
+  Example:
+    >>> resolve_protocol(DetectOptions(protocol='paper')).noise_copies
+    1
+  """
+  if opts.protocol is None:
+    return opts
+  if opts.protocol not in PROTOCOLS:
+    raise InputError(f'unknown protocol {opts.protocol!r}; expected None or one of {tuple(PROTOCOLS)}')
+  defaults = {f.name: f.default for f in dataclasses.fields(DetectOptions)}
+  preset = PROTOCOLS[opts.protocol]
+  for name, value in preset.items():
+    mine = getattr(opts, name)
+    if mine != defaults[name] and mine != value:
+      raise InputError(f'protocol {opts.protocol!r} sets {name}={value!r}; got {name}={mine!r} '
+                       '(drop one of them)')
+  return dataclasses.replace(opts, **preset)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArrays:
+  """The images of one evaluation, from :func:`build_eval_arrays`.
+
+  Attributes:
+    defense_idx: ``(D,)`` sorted test indices held by the defender.
+    eval_idx: ``(E,)`` test indices of the evaluation images (disjoint from
+      ``defense_idx``).
+    benign_images: ``(E * (1 + c), H, W, C)`` negatives: the evaluation
+      images, then ``c`` noisy copies of them (copy-major).
+    benign_source: ``(E * (1 + c),)`` test index of each negative's source.
+    poisoned_images: ``(P * (1 + c), H, W, C)`` positives: ``P`` poisoned
+      images, then ``c`` noisy copies of them.
+    poisoned_source: ``(P * (1 + c),)`` test index of each positive's source.
+    num_poisoned: ``P``.
+    num_poisoned_all: poisoned images before the success filter (the
+      evaluation images whose true class is not the target).
+    asr: fraction of those the model sends to the target; None when no
+      predictions were made.
+  """
+
+  defense_idx: np.ndarray
+  eval_idx: np.ndarray
+  benign_images: np.ndarray
+  benign_source: np.ndarray
+  poisoned_images: np.ndarray
+  poisoned_source: np.ndarray
+  num_poisoned: int
+  num_poisoned_all: int
+  asr: float | None
+
+
+def build_eval_arrays(key, images, labels, num_classes: int, target: int, poison_fn, *,
+                      predict_fn=None, protocol: str | None = None, **settings) -> EvalArrays:
+  """Splits a test set into defender images, negatives and positives.
+
+  1. ``split_test_set``: ``num_defense_per_class`` images per class for the
+     defender; up to ``num_images`` (0 = all) of the others are the
+     evaluation images.
+  2. Positives: ``poison_fn`` applied to the evaluation images whose true
+     class is not ``target`` (target-class sources dropped), JPEG
+     re-encoded with ``jpeg_match`` (:func:`scaleup_jax.jpeg.jpeg_roundtrip`),
+     and with ``successful_only`` only those ``predict_fn`` sends to the target.
+  3. ``noise_copies`` noisy copies (``noise_kind``, ``noise_magnitude``;
+     :func:`add_noise_copies`) of every negative and every positive.
+
+  Keys: ``k_split, k_noise_benign, k_noise_poisoned = jax.random.split(key, 3)``.
+
+  Args:
+    key: PRNG key.
+    images: ``(N, H, W, C)`` float test images in [0, 1].
+    labels: ``(N,)`` their true labels.
+    num_classes: K.
+    target: the backdoor's target class.
+    poison_fn: ``images -> poisoned images`` (e.g. ``Trigger.apply``).
+    predict_fn: ``images -> labels``; needed for ``successful_only``.
+    protocol: None, or a name of :data:`PROTOCOLS` (``'paper'``: 100 defender
+      images per class, one uniform noisy copy of magnitude 0.02, successful
+      positives only). Settings given explicitly must agree with it.
+    **settings: ``num_defense_per_class`` (100), ``num_images`` (0),
+      ``noise_copies`` (0), ``noise_kind`` ('uniform'), ``noise_magnitude``
+      (0.02), ``successful_only`` (False), ``jpeg_match`` (False).
+
+  Returns:
+    An :class:`EvalArrays`.
+
+  Example:
+    >>> ev = build_eval_arrays(jax.random.key(0), x_test, y_test, 10, 3, trigger.apply,
+    ...                        predict_fn=predict, protocol='paper')
+    >>> len(ev.benign_images) == 2 * len(ev.eval_idx)     # one noisy copy each
+    True
+
+  References:
+    Guo et al. 2023, Sec. 5.1 ("Settings for Evaluation Datasets", "Defense Baselines").
+  """
+  unknown = set(settings) - set(_BUILD_DEFAULTS)
+  if unknown:
+    raise InputError(f'unknown evaluation-set settings {sorted(unknown)}; expected some of '
+                     f'{sorted(_BUILD_DEFAULTS)}')
+  if protocol is not None and protocol not in _BUILD_PROTOCOLS:
+    raise InputError(f'unknown protocol {protocol!r}; expected None or one of {tuple(_BUILD_PROTOCOLS)}')
+  preset = _BUILD_PROTOCOLS.get(protocol, {})
+  for name, value in settings.items():
+    if name in preset and value != preset[name]:
+      raise InputError(f'protocol {protocol!r} sets {name}={preset[name]!r}; got {name}={value!r}')
+  cfg = {**_BUILD_DEFAULTS, **preset, **settings}
+  labels = np.asarray(labels)
+  if len(labels) != len(images):
+    raise InputError(f'{len(images)} images but {len(labels)} labels')
+  if not 0 <= int(target) < num_classes:
+    raise InputError(f'target {target} is not a class in [0, {num_classes})')
+  if cfg['successful_only'] and predict_fn is None:
+    raise InputError('successful_only (the paper protocol) needs predict_fn to find the '
+                     'successfully attacked images')
+
+  k_split, k_noise_b, k_noise_p = jax.random.split(key, 3)
+  defense_idx, eval_idx = split_test_set(k_split, labels, num_classes,
+                                         cfg['num_defense_per_class'], cfg['num_images'])
+  if len(eval_idx) == 0:
+    raise InputError('no evaluation images left after the defender set; lower --num_defense_per_class')
+  benign = np.asarray(images[eval_idx], np.float32)
+  pois_src = eval_idx[labels[eval_idx] != target]
+  pois = np.asarray(poison_fn(np.asarray(images[pois_src], np.float32)), np.float32)
+  if cfg['jpeg_match'] and len(pois):
+    pois = jpeg.jpeg_roundtrip(pois)
+  num_all, asr = len(pois), None
+  if predict_fn is not None and len(pois):
+    hit = np.asarray(predict_fn(pois)) == target
+    asr = float(hit.mean())
+    if cfg['successful_only']:
+      pois, pois_src = pois[hit], pois_src[hit]
+  c = cfg['noise_copies']
+  benign_src = np.tile(eval_idx, 1 + c)
+  poisoned_src = np.tile(pois_src, 1 + c)
+  if c:
+    benign = np.concatenate([benign, add_noise_copies(k_noise_b, benign, c, cfg['noise_kind'],
+                                                      cfg['noise_magnitude'])])
+    if len(pois):
+      pois = np.concatenate([pois, add_noise_copies(k_noise_p, pois, c, cfg['noise_kind'],
+                                                    cfg['noise_magnitude'])])
+  return EvalArrays(defense_idx, eval_idx, benign, benign_src, pois, poisoned_src,
+                    len(pois_src), num_all, asr)
 
 
 @dataclasses.dataclass
@@ -116,6 +352,10 @@ class EvalSet:
   benign_images: np.ndarray  # plus noise copies, if any
   poisoned_images: np.ndarray  # triggered non-target evaluation images, plus noise copies
   num_poisoned: int  # poisoned images before noise copies
+  # With protocol='paper' the positives are filtered to the successful ones before
+  # their copies are made; ``asr`` is then measured on all poisoned images first.
+  asr: float | None = None
+  protocol: str | None = None
 
   @property
   def defense(self) -> data_lib.ImageDataset:
@@ -127,56 +367,69 @@ def _check_options(opts: DetectOptions) -> None:
     raise InputError(f'unknown mode {opts.mode!r}; expected one of {MODES}')
   if opts.batch_size < 1:
     raise InputError(f'batch_size must be >= 1, got {opts.batch_size}')
-  if opts.noise_copies < 0 or opts.noise_std < 0:
-    raise InputError(f'noise_copies and noise_std must be >= 0; got {opts.noise_copies}, {opts.noise_std}')
+  if opts.noise_copies < 0 or not opts.noise_magnitude >= 0:
+    raise InputError(f'noise_copies and noise_magnitude must be >= 0; got {opts.noise_copies}, '
+                     f'{opts.noise_magnitude}')
+  if opts.noise_kind not in NOISE_KINDS:
+    raise InputError(f'unknown noise_kind {opts.noise_kind!r}; expected one of {NOISE_KINDS}')
+  if opts.data_limited_form not in scaleup.DATA_LIMITED_FORMS:
+    raise InputError(f'unknown data_limited_form {opts.data_limited_form!r}; expected one of '
+                     f'{scaleup.DATA_LIMITED_FORMS}')
+  if opts.group_by not in scaleup.GROUP_BY:
+    raise InputError(f'unknown group_by {opts.group_by!r}; expected one of {scaleup.GROUP_BY}')
+  resolve_protocol(opts)  # an unknown protocol or a conflicting option fails here
   scaleup.resolve_method(opts.method, opts.batch_size)  # an unknown method fails here
   name = detectors.canonical_name(opts.detector)
   if name != 'scaleup' and opts.mode == 'data-limited':
     raise InputError(f"--mode data-limited is SCALE-UP's; detector {name!r} has one score")
+  _check_operating_options(opts)
 
 
 def prepare_eval_set(opts: DetectOptions) -> EvalSet:
   """Loads the run and its test set and splits it into defender and evaluation images.
 
   The split and the noise depend only on ``opts.seed`` (and the sizes), so
-  every detector evaluated with the same options sees the same images.
+  every detector evaluated with the same options sees the same images. The
+  images come from :func:`build_eval_arrays`; ``opts.protocol`` (see
+  :data:`PROTOCOLS`) and ``opts.jpeg_match`` are applied there.
   """
   _check_options(opts)
-  ckpt = Path(opts.ckpt) if opts.ckpt else DEFAULT_CKPT
+  opts = resolve_protocol(opts)
+  ckpt = paths.resolve_ckpt(opts.ckpt) if opts.ckpt else paths.zoo_model(paths.DEFAULT_MODEL)
   run = ckpt_lib.load_run(ckpt)
   if run.trigger is None:
     raise InputError(f'{str(ckpt)!r} is a clean model (no trigger.npz): there is no poisoned test set to detect')
   cfg = run.config
   test = data_lib.load_split(cfg.dataset, 'test', opts.data_dir or cfg.get('data_dir'),
                             download=opts.download)
-
-  k_split, k_noise_b, k_noise_p = jax.random.split(jax.random.key(opts.seed), 3)
-  defense_idx, eval_idx = split_test_set(k_split, test.labels, test.num_classes,
-                                         opts.num_defense_per_class, opts.num_images)
-  if len(eval_idx) == 0:
-    raise InputError('no evaluation images left after the defender set; lower --num_defense_per_class')
-  benign = test.take(eval_idx)
-  pois_images, _, _ = poison.poisoned_test_set(
-      benign.images, benign.labels, run.trigger, run.target)
-  num_poisoned = len(pois_images)
-  benign_images = benign.images
-  if opts.noise_copies:
-    benign_images = np.concatenate(
-        [benign_images, add_noise_copies(k_noise_b, benign.images, opts.noise_copies, opts.noise_std)])
-    pois_images = np.concatenate(
-        [pois_images, add_noise_copies(k_noise_p, pois_images, opts.noise_copies, opts.noise_std)])
-  return EvalSet(run, test, defense_idx, benign, benign_images, np.asarray(pois_images, np.float32),
-                 num_poisoned)
+  predict = None
+  if opts.protocol == 'paper':
+    classify = jax.jit(scaleup.classifier_from_logits(run.apply_fn, run.variables))
+    predict = lambda x: map_batches(classify, x, opts.batch_size)
+  arrays = build_eval_arrays(
+      jax.random.key(opts.seed), test.images, test.labels, test.num_classes, run.target,
+      run.trigger.apply, predict_fn=predict, num_defense_per_class=opts.num_defense_per_class,
+      num_images=opts.num_images, noise_copies=opts.noise_copies, noise_kind=opts.noise_kind,
+      noise_magnitude=opts.noise_magnitude, successful_only=opts.protocol == 'paper',
+      jpeg_match=opts.jpeg_match)
+  if arrays.num_poisoned == 0:
+    raise InputError(f'no poisoned evaluation image is classified as the target {run.target} '
+                     '(ASR = 0): the paper protocol has no positives')
+  return EvalSet(run, test, arrays.defense_idx, test.take(arrays.eval_idx), arrays.benign_images,
+                 arrays.poisoned_images, arrays.num_poisoned, arrays.asr, opts.protocol)
 
 
 def _build_detector(opts: DetectOptions, ev: EvalSet, scales):
   """``(detect(images) -> (preds, scores), forwards_per_image, config)`` for ``opts.detector``."""
   name = detectors.canonical_name(opts.detector)
   if name == 'scaleup':
+    # One label matrix on the union of --scales and --dense_scales serves SPC and
+    # every finer label-only score (scaleup.label_score).
     method = scaleup.resolve_method(opts.method, opts.batch_size)
-    det = scaleup.make_detector(ev.run.apply_fn, scales, method)
-    return (lambda x: det(ev.run.variables, x)), 1 + len(scales), {
-        'scales': [float(s) for s in scales], 'method': method}
+    grid = label_grid(opts)
+    labels = scaleup.make_label_matrix_fn(ev.run.apply_fn, grid, method)
+    return (lambda x: labels(ev.run.variables, x)), 1 + len(grid), {
+        'scales': [float(s) for s in scales], 'method': method, 'grid': list(grid)}
   options = dict(opts.detector_options)
   defense = ev.defense
   det = detectors.make(name, ev.run.apply_fn, ev.run.variables,
@@ -198,6 +451,7 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
     The result dictionary that is also written to JSON.
   """
   _check_options(opts)
+  opts = resolve_protocol(opts)
   name = detectors.canonical_name(opts.detector)
   scales = scaleup.check_scales(opts.scales)
   ev = eval_set if eval_set is not None else prepare_eval_set(opts)
@@ -217,14 +471,21 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
   compile_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  b_pred, b_score = run_batches(ev.benign_images, 'benign')
-  p_pred, p_score = run_batches(ev.poisoned_images, 'poisoned')
+  b_out = run_batches(ev.benign_images, 'benign')
+  p_out = run_batches(ev.poisoned_images, 'poisoned')
   seconds = time.perf_counter() - t0
+  if name == 'scaleup':  # label matrices; SPC from the --scales columns
+    grid = tuple(det_config['grid'])
+    b_lm, p_lm = b_out, p_out
+    (b_pred, b_score), (p_pred, p_score) = (_preds_and_spc(lm, grid, scales) for lm in (b_lm, p_lm))
+  else:
+    (b_pred, b_score), (p_pred, p_score) = b_out, p_out
   n_scored = len(ev.benign_images) + len(ev.poisoned_images)
 
   ba = float(np.mean(b_pred[: len(benign)] == benign.labels))
   success = p_pred == run.target
-  asr = float(np.mean(success[: ev.num_poisoned]))
+  # The paper protocol keeps only successful positives; its ASR was measured before.
+  asr = ev.asr if ev.asr is not None else float(np.mean(success[: ev.num_poisoned]))
   keep = np.ones_like(success) if opts.keep_all_poisoned else success
   if not keep.any():
     raise InputError('no poisoned image is classified as the target (ASR = 0); '
@@ -239,7 +500,9 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
       'num_poisoned_total': int(len(ev.poisoned_images)),
       'positives': 'all poisoned' if opts.keep_all_poisoned else 'successfully attacked poisoned',
       'num_positives': int(keep.sum()), 'noise_copies': opts.noise_copies,
-      'noise_std': opts.noise_std if opts.noise_copies else None,
+      'noise_kind': opts.noise_kind if opts.noise_copies else None,
+      'noise_magnitude': opts.noise_magnitude if opts.noise_copies else None,
+      'protocol': opts.protocol, 'jpeg_match': opts.jpeg_match,
       'detection': {},
       'throughput': {'images_per_second': n_scored / seconds, 'seconds': seconds,
                      'images': n_scored, 'batch_size': opts.batch_size,
@@ -251,29 +514,41 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
   else:
     b_spc, p_spc = b_score, p_score
     scores = {'data-free': (b_spc, p_spc[keep])}
+    d_lm = None
+    if len(ev.defense_idx) and (opts.alphas or opts.mode != 'data-free'):
+      d_lm = run_batches(ev.test.images[ev.defense_idx], 'defender')
     if opts.mode in ('data-limited', 'both'):
       if len(ev.defense_idx) == 0:
         raise InputError('data-limited mode needs defender images; --num_defense_per_class is 0')
-      d_pred, d_spc = run_batches(ev.test.images[ev.defense_idx], 'defender')
-      stats = scaleup.fit_class_stats(d_spc, d_pred, ev.test.num_classes, num_scales=len(scales))
-      scores['data-limited'] = (scaleup.data_limited_scores(b_spc, b_pred, stats),
-                                scaleup.data_limited_scores(p_spc, p_pred, stats)[keep])
+      d_pred, d_spc = _preds_and_spc(d_lm, grid, scales)
+      stats = scaleup.fit_class_stats(d_spc, d_pred, ev.test.num_classes, num_scales=len(scales),
+                                      labels=ev.test.labels[ev.defense_idx], group_by=opts.group_by)
+      form = opts.data_limited_form
+      scores['data-limited'] = (scaleup.data_limited_scores(b_spc, b_pred, stats, form),
+                                scaleup.data_limited_scores(p_spc, p_pred, stats, form)[keep])
       scores['data-limited-global'] = (scaleup.global_scores(b_spc, stats),
                                        scaleup.global_scores(p_spc, stats)[keep])
       result['num_defense'] = int(len(ev.defense_idx))
       result['class_stats'] = {'mean': stats.mean.tolist(), 'std': stats.std.tolist(),
-                               'count': stats.count.tolist(), 'min_std': stats.min_std}
+                               'count': stats.count.tolist(), 'min_std': stats.min_std,
+                               'balance': stats.balance, 'group_by': stats.group_by}
+      result['data_limited_form'] = form
     if opts.mode == 'data-limited':
       scores.pop('data-free')
   for mode_name, (b, p) in scores.items():
     result['detection'][mode_name] = detection_metrics(b, p)
+  if name == 'scaleup' and opts.alphas:
+    result['operating_points'], result['calibration'] = operating_points(
+        opts, ev, grid, d_lm, b_lm, p_lm[keep])
 
   default_name = 'detect.json' if name == 'scaleup' else f'detect_{name}.json'
   out = Path(opts.out) if opts.out else Path('runs/detect') / ckpt.name / default_name
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2))
-  np.savez_compressed(out.with_suffix('.scores.npz'), benign_score=b_score, benign_pred=b_pred,
-                      poisoned_score=p_score, poisoned_pred=p_pred, successful=success)
+  from scaleup_jax import integrity  # atomic, with a checksum: integrity.load_npz_checked(path, 'scores')
+  integrity.save_npz_checked(out.with_suffix('.scores.npz'), 'scores', benign_score=b_score,
+                             benign_pred=b_pred, poisoned_score=p_score, poisoned_pred=p_pred,
+                             successful=success)
   result['json_path'] = str(out)
   if opts.plot:
     title = ckpt.name if name == 'scaleup' else f'{ckpt.name} ({name})'
@@ -315,18 +590,263 @@ def plot_scores(scores: dict, path: Path, title: str, detector: str = 'SCALE-UP'
 
 
 def format_summary(result: dict) -> str:
-  """A short human-readable table of a result dictionary."""
-  lines = [f"model {result['ckpt']}   detector {result.get('detector', 'scaleup')}",
-           f"BA {result['ba']:.4f}   ASR {result['asr']:.4f}   "
-           f"benign {result['num_benign']}  positives {result['num_positives']} "
-           f"({result['positives']})",
-           f"{'mode':<22}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}   (ROC-interpolated: @1%  @5%)"]
+  """The human-readable report of a result dictionary, with a legend.
+
+  Names every column in words, marks the paper's modes, and explains any
+  rate that is zero or undefined in one line. The JSON (``result``) carries
+  the same numbers.
+  """
+  det = result.get('detector', 'scaleup')
+  target = result.get('target_label')
+  lines = [f"model {result['ckpt']}  (attack {result.get('attack')}, backdoor target class {target})  "
+           f"detector {'SCALE-UP' if det == 'scaleup' else det}",
+           f"BA {result['ba']:.4f} (benign accuracy on the evaluation images)   "
+           f"ASR {result['asr']:.4f} (fraction of triggered images sent to the target)",
+           f"negatives: {result['num_benign']} benign evaluation images   positives: "
+           f"{result['num_positives']} {result['positives']} images"]
+  lines += ['', 'Ranking (threshold-free): AUROC = probability that a positive scores above a '
+            'negative (0.5 = chance).']
+  lines.append(f"  {'score':<48}{'AUROC':>7}")
   for name, m in result['detection'].items():
-    lines.append(f"{name:<22}{m['auroc']:>8.4f}{m['tpr@0.01fpr']:>9.4f}{m['tpr@0.05fpr']:>9.4f}"
-                 f"{m['tpr@0.01fpr_interp']:>24.4f}{m['tpr@0.05fpr_interp']:>7.4f}")
+    lines.append(f"  {_mode_words(name):<48}{m['auroc']:>7.4f}")
+  if det == 'scaleup':
+    lines.append('  * the paper\'s SCALE-UP: data-free = Eq. 1-2, data-limited = Eq. 3-4; '
+                 'the global variant is a monotone map of SPC (same AUROC).')
+  ops = result.get('operating_points')
+  cal = result.get('calibration') or {}
+  if ops:
+    lines += ['', f"Operating points: threshold calibrated on {cal.get('num_calibration')} defender "
+              f"benign images ({cal.get('rule')} rule: {cal.get('guarantee_short')}), measured on "
+              'the held-out evaluation images.',
+              '  legend: alpha = false-positive budget; rule = flag a score s > t, and s = t '
+              'with probability p (seeded coin); FPR = held-out benign images flagged; TPR = '
+              'positives flagged; [..] = exact 95% Clopper-Pearson interval; cost = forward '
+              'passes per image; * = the paper\'s mode.']
+    if cal.get('heldout_note'):
+      lines.append(f"  note: {cal['heldout_note']}")
+    lines.append(f"  {'score':<42}{'cost':>5}{'AUROC':>7}  {'alpha':>5}  {'rule':<29}"
+                 f"{'FPR [95% CI]':<26}{'TPR [95% CI]'}")
+    for name, entry in ops.items():
+      first = True
+      for a_key, op in entry['alphas'].items():
+        label = (('* ' if entry['paper'] else '  ') + entry['label']) if first else ''
+        cost = f"{entry['forwards_per_image']:>5}" if first else ' ' * 5
+        auc = f"{entry['auroc']:>7.4f}" if first else ' ' * 7
+        t = f"{float(op['threshold']):.4g}"
+        rule = f"s>{t}, s={t}: p={op['tie_prob']:.3f}" if op['feasible'] else 'flags nothing (n small)'
+        lines.append(f"  {label:<42}{cost}{auc}  {float(a_key):>5.0%}  {rule:<29}"
+                     f"{_rate(op['fpr']):<26}{_rate(op['tpr'])}")
+        if op.get('reading'):
+          lines.append(f"  {'':<42}{'':>12}  -> {op['reading']}")
+        first = False
+    lines.append('  FPR within sampling error of alpha at every budget: '
+                 + ('yes' if all(op['within_sampling_error'] for e in ops.values()
+                                 for op in e['alphas'].values()) else
+                    'NO (see the readings above)'))
+  elif det == 'scaleup' and cal.get('note'):
+    lines += ['', f"Operating points: {cal['note']}"]
+  elif det != 'scaleup':
+    lines += ['', 'Operating points are calibrated for SCALE-UP\'s label-only scores only; '
+              'the JSON holds this detector\'s AUROC and its deterministic TPR at 1% / 5% FPR.']
   t = result['throughput']
-  lines.append(f"throughput {t['images_per_second']:.1f} images/s "
-               f"(batch {t['batch_size']}, {t['forwards_per_image']} forwards each, "
-               f"compile {t['compile_seconds']:.1f}s, {t['device']})")
-  lines.append(f"wrote {result['json_path']}")
+  lines += ['', f"throughput {t['images_per_second']:.1f} images/s "
+            f"(batch {t['batch_size']}, {t['forwards_per_image']} forward passes each, "
+            f"compile {t['compile_seconds']:.1f}s, {t['device']})",
+            f"wrote {result['json_path']}"]
   return '\n'.join(lines)
+
+
+_MODE_WORDS = {
+    'data-free': '* data-free SPC (Eq. 1-2)',
+    'data-limited': '* data-limited, per-class standardised (Eq. 3-4)',
+    'data-limited-global': '  data-limited, one global mean/std (BackdoorBox)',
+}
+
+
+def _mode_words(name: str) -> str:
+  return _MODE_WORDS.get(name, f'  {name}')
+
+
+def _rate(r: dict) -> str:
+  lo, hi = r['interval']
+  return f"{r['rate']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+# ---------------------------------------------------------------- operating points
+
+GUARANTEES = {
+    'conformal': ('E[FPR] <= alpha for exchangeable benign images',
+                  'conformal order statistic with a randomised tie: alpha - 1/(n+1) < '
+                  'P(flag a fresh benign image) <= alpha, over the calibration draw, the image '
+                  'and the coin, if calibration and test benign images are exchangeable '
+                  '(marginal, not per calibration set)'),
+    'plugin': ('exact alpha on the calibration images, no finite-sample bound',
+               'Neyman-Pearson randomised test on the empirical calibration distribution: it '
+               'flags exactly alpha of the calibration images in expectation; no finite-sample '
+               'bound on fresh images'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreVariant:
+  """One label-only score of the operating-point table.
+
+  Attributes:
+    name: its key in the JSON.
+    score: one of :data:`scaleup.LABEL_SCORES`.
+    factors: the grid of the label-matrix columns it reads.
+    label: a few words for the printed table.
+    paper: ``'Eq. 1-2'`` / ``'Eq. 3-4'`` for the paper's modes, else None.
+    base: the base score of ``class_rank``.
+  """
+
+  name: str
+  score: str
+  factors: tuple
+  label: str
+  paper: str | None = None
+  base: str = 'spc'
+
+
+def label_grid(opts: DetectOptions) -> tuple:
+  """Ascending union of ``opts.scales`` and ``opts.dense_scales``: the label matrix's columns."""
+  return scaleup.query_grid(opts.scales, opts.dense_scales)
+
+
+def _preds_and_spc(lm, grid, scales):
+  sub, _ = scaleup.select_factors(lm, grid, sorted({float(s) for s in np.asarray(scales).tolist()}))
+  return sub[:, 0], scaleup.spc_from_labels(sub)
+
+
+def _check_operating_options(opts: DetectOptions) -> None:
+  for a in (*opts.alphas, *opts.curve_alphas):
+    if not 0.0 < float(a) < 1.0:
+      raise InputError(f'false-positive budgets must lie in (0, 1); got {a!r}')
+  if opts.calibration_rule not in calibration.RULES:
+    raise InputError(f'unknown calibration rule {opts.calibration_rule!r}; expected one of '
+                     f'{calibration.RULES}')
+  if opts.dense_scales:
+    scaleup.check_scales(opts.dense_scales)
+
+
+def score_variants(mode: str, scales, dense_scales=()) -> list[ScoreVariant]:
+  """The label-only scores reported for ``mode`` (``'data-free'``, ``'data-limited'``, ``'both'``).
+
+  Data-free: SPC (the paper's Eq. 1-2), the survival scale and ``spc_sat``; data-limited:
+  the paper's Eq. 3-4 and ``class_rank``. With ``dense_scales`` the finer scores are also
+  read on that grid (suffix ``@dense``).
+  """
+  paper = tuple(sorted({float(s) for s in np.asarray(scales).tolist()}))
+  free = [ScoreVariant('data-free', 'spc', paper, 'data-free SPC (Eq. 1-2)', 'Eq. 1-2'),
+          ScoreVariant('survival', 'survival', paper, 'survival scale'),
+          ScoreVariant('spc_sat', 'spc_sat', paper, 'SPC, saturation tie-break (ours)')]
+  limited = [ScoreVariant('data-limited', 'data_limited', paper,
+                          'data-limited standardised SPC (Eq. 3-4)', 'Eq. 3-4'),
+             ScoreVariant('class_rank', 'class_rank', paper, 'class-conditional rank of SPC (ours)')]
+  if dense_scales:
+    dense = scaleup.check_factors(sorted({float(s) for s in np.asarray(dense_scales).tolist()}))
+    tag = f'{len(dense)} scales'
+    free += [ScoreVariant('spc@dense', 'spc', dense, f'SPC on {tag}'),
+             ScoreVariant('survival@dense', 'survival', dense, f'survival scale on {tag}'),
+             ScoreVariant('spc_sat@dense', 'spc_sat', dense, f'SPC sat. tie-break, {tag} (ours)')]
+    limited += [ScoreVariant('class_rank@dense', 'class_rank', dense,
+                             f'class rank of SPC on {tag} (ours)')]
+  return {'data-free': free, 'data-limited': limited, 'both': free + limited}[mode]
+
+
+def fit_calibration_split(defense_labels) -> np.ndarray:
+  """bool mask over the defender images: True for the half that *fits* a score.
+
+  Per class, the first ``ceil(n_k / 2)`` of its defender images (in their
+  order) fit what a score learns from benign images (data-limited class
+  statistics, ``class_rank`` tables); the rest calibrate it. Scores that fit
+  nothing calibrate on every defender image.
+  """
+  labels = np.asarray(defense_labels)
+  fit = np.zeros(labels.shape, bool)
+  for k in np.unique(labels):
+    idx = np.flatnonzero(labels == k)
+    fit[idx[: (len(idx) + 1) // 2]] = True
+  return fit
+
+
+def operating_points(opts: DetectOptions, ev: EvalSet, grid, d_lm, b_lm, p_lm):
+  """Calibrated operating points of every label-only score (see :func:`score_variants`).
+
+  Calibration images are the defender's (disjoint from the evaluation images);
+  the realised rates are measured on the held-out benign evaluation images and
+  the positives. Tie coins come from ``fold_in(key(seed), 23)``.
+
+  Args:
+    opts: the options (``alphas``, ``calibration_rule``, ``dense_scales``,
+      ``curve_alphas``, ``save_detectors``, ``mode``, ``seed``).
+    ev: the evaluation set (for the defender labels and the model).
+    grid: the factors of the label matrices' columns.
+    d_lm, b_lm, p_lm: label matrices of the defender, held-out benign and
+      positive images (``d_lm`` None when there are no defender images).
+
+  Returns:
+    ``(points, calibration_record)``: ``points[name]`` holds the score's words,
+    cost, AUROC and ``alphas[f'{alpha:g}']`` =
+    :func:`calibration.operating_point`; the record says how it was calibrated.
+  """
+  rule = opts.calibration_rule
+  record = {'rule': rule, 'guarantee_short': GUARANTEES[rule][0], 'guarantee': GUARANTEES[rule][1],
+            'confidence': 0.95, 'heldout_benign': int(len(b_lm)), 'positives': int(len(p_lm)),
+            'calibration_images': 'defender images (num_defense_per_class per class), disjoint '
+                                  'from the evaluation images',
+            'fitted_scores': 'fit on the first half of each class\'s defender images, '
+                             'calibrated on the second half'}
+  if opts.noise_copies:
+    record['heldout_note'] = (f'the held-out images include {opts.noise_copies} noisy copies of '
+                              'each evaluation image: not independent, so the binomial intervals '
+                              'are too narrow')
+  if d_lm is None:
+    record['note'] = ('none: --num_defense_per_class 0 leaves no benign images to calibrate a '
+                      'threshold on')
+    return {}, record
+  from sklearn.metrics import roc_auc_score
+  run, shape = ev.run, ev.benign.images.shape[1:]
+  d_labels = ev.test.labels[ev.defense_idx]
+  fit = fit_calibration_split(d_labels)
+  sat = scaleup.saturation_label(run.apply_fn, run.variables, shape)
+  record.update(num_calibration=int(len(d_lm)), num_fit=int(fit.sum()), saturation_label=sat)
+  key = jax.random.fold_in(jax.random.key(opts.seed), 23)
+  fingerprint = calibration.model_fingerprint(run.variables) if opts.save_detectors else None
+  y = np.r_[np.zeros(len(b_lm)), np.ones(len(p_lm))]
+  points = {}
+  for i, v in enumerate(score_variants(opts.mode, opts.scales, opts.dense_scales)):
+    sub = lambda lm: scaleup.select_factors(lm, grid, v.factors)[0]
+    fitted = v.score in scaleup.FITTED_SCORES
+    cal_mask = ~fit if fitted else np.ones(len(d_lm), bool)
+    params = scaleup.fit_label_score(
+        v.score, sub(d_lm[fit]), v.factors, ev.test.num_classes, saturation=sat, base=v.base,
+        form=opts.data_limited_form, group_by=opts.group_by, labels=d_labels[fit])
+    score = lambda lm: scaleup.label_score(v.score, sub(lm), v.factors, params)
+    cal, b, p = score(d_lm[cal_mask]), score(b_lm), score(p_lm)
+    entry = {'label': v.label, 'paper': v.paper, 'score': v.score, 'factors': list(v.factors),
+             'forwards_per_image': scaleup.score_forwards(v.factors),
+             'per_model_forwards': 1 if v.score == 'spc_sat' else 0,
+             'num_calibration': int(cal_mask.sum()), 'num_fit': int(fit.sum()) if fitted else 0,
+             'auroc': float(roc_auc_score(y, np.r_[b, p])), 'alphas': {}}
+    for j, a in enumerate(opts.alphas):
+      thr = calibration.calibrate_threshold(cal, a, rule)
+      entry['alphas'][f'{a:g}'] = calibration.operating_point(
+          jax.random.fold_in(jax.random.fold_in(key, i), j), thr, b, p)
+      if opts.save_detectors:
+        det = calibration.CalibratedDetector(
+            v.score, v.factors, thr, fingerprint, params,
+            {'ckpt': str(run.path), 'variant': v.name, 'seed': opts.seed,
+             'calibration_images': int(cal_mask.sum())})
+        entry['alphas'][f'{a:g}']['detector_path'] = str(det.save(
+            Path(opts.save_detectors) / f"{v.name.replace('@', '_')}_alpha{a:g}.json"))
+    if opts.curve_alphas:
+      curve = {'alpha': [], 'fpr': [], 'tpr': []}
+      for a in opts.curve_alphas:
+        thr = calibration.calibrate_threshold(cal, a, rule)
+        curve['alpha'].append(float(a))
+        curve['fpr'].append(float(calibration.flag_probability(b, thr).mean()))
+        curve['tpr'].append(float(calibration.flag_probability(p, thr).mean()))
+      entry['curve'] = curve
+    points[v.name] = entry
+  return points, record
