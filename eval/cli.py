@@ -25,8 +25,9 @@ COMMANDS = {
     'zoo': ('scaleup_jax.zoo', 'argv', 'the table of a zoo directory'),
 }
 OPTIONAL = {
-    'operating-points': ('eval.operating_points', 'absl', 'calibrated thresholds per FPR budget'),
+    'operating-points': ('eval.operating_points', 'argv', 'calibrated thresholds per FPR budget'),
     'diagnose': ('eval.diagnose', 'absl', "a model's saturation classes and SCALE-UP settings"),
+    'protocol': ('eval.protocol', 'absl', "checks behind the paper-protocol choices (noise, forms)"),
     'serve': ('eval.serve', 'absl', 'SCALE-UP as an HTTP firewall in front of the model'),
 }
 

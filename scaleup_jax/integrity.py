@@ -47,6 +47,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 MANIFEST = 'manifest.json'
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 MANIFEST_VERSION = 1
 
 
@@ -133,6 +135,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
   try:
     with os.fdopen(fd, 'wb') as f:
+      os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; keep the usual mode
       f.write(data)
       f.flush()
       os.fsync(f.fileno())

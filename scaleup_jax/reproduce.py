@@ -62,6 +62,8 @@ from scaleup_jax import checkpoint as ckpt_lib
 from scaleup_jax import compare as compare_lib
 from scaleup_jax import detectors as detectors_lib
 from scaleup_jax import evaluate, scaleup
+from scaleup_jax import paper as paper_lib
+from scaleup_jax import paths
 from scaleup_jax.batching import map_batches
 from scaleup_jax.metrics import detection_metrics, roc_points
 from scaleup_jax.validation import InputError, check_images, check_scales
@@ -89,20 +91,20 @@ ALL_SCALES = (3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0)
 SCALE_SETS = tuple(ALL_SCALES[:k] for k in (1, 2, 3, 4, 5)) + (ALL_SCALES,)
 FIG2_FACTORS = tuple(float(n) for n in range(1, 12))
 
-# The paper's CIFAR-10 AUROCs, keyed by (attack, column title of
-# scaleup_jax.compare), each with the place it was read from. Empty on purpose:
-# no source holding the paper's tables could be read when this was written, and
-# numbers are never filled in from memory. Add {('badnets', 'SCALE-UP
-# (data-free)'): (value, 'Guo et al. 2023, Table 1')} once checked.
-PAPER_AUROC: dict = {}
-PAPER_NOTE = ('The paper\'s own CIFAR-10 numbers are not shown: they could not be checked '
-              'against a readable copy of the paper when this table was generated '
-              '(`scaleup_jax.reproduce.PAPER_AUROC` is empty), and none is quoted from memory.')
+# The paper's CIFAR-10 AUROCs (Table 1, transcribed in scaleup_jax.paper), keyed
+# by (attack, column title of scaleup_jax.compare): {key: (value, source)}.
+PAPER_AUROC: dict = {
+    (attack, title): (value, paper_lib.TABLE1.source)
+    for (attack, det, mode), value in paper_lib.table1_by_detector().items()
+    for title, d, m in compare_lib.columns((det,)) if m == mode}
+PAPER_NOTE = ('Paper: the AUROC of the paper\'s Table 1 (CIFAR-10, ResNet) for the same attack and '
+              'detector; diff = ours - paper. The adaptive attack is not in Table 1 (its one '
+              'number is in the adaptive experiment), and IBD-PSC and TeCo postdate the paper.')
 
-# The one number of the paper this project has in writing: the adaptive attack's
-# AUROC, as quoted in the text of issue #3 (not checked against the paper itself).
-PAPER_ADAPTIVE_AUROC = (0.467, 'Guo et al. 2023, Sec. 5.4, as quoted in issue #3; not checked '
-                        'against a copy of the paper')
+# The adaptive attack's AUROC (BadNets, CIFAR-10), from the paper's text.
+PAPER_ADAPTIVE_AUROC = (paper_lib.TEXT['adaptive_auroc'].value,
+                        paper_lib.TEXT['adaptive_auroc'].source + ' (data-free or data-limited '
+                        'not stated)')
 
 _FULL = dict(num_images=1000, num_defense_per_class=100, batch_size=256,
              detectors=detectors_lib.NAMES, num_bootstrap=1000,
@@ -364,7 +366,7 @@ class Context:
   def __init__(self, opts: ReproduceOptions):
     self.opts = opts
     self.out = Path(opts.out)
-    self.ckpt = Path(opts.ckpt) if opts.ckpt else evaluate.DEFAULT_CKPT
+    self.ckpt = paths.resolve_ckpt(opts.ckpt) if opts.ckpt else paths.zoo_model(paths.DEFAULT_MODEL)
     self.clean_ckpt = Path(opts.clean_ckpt) if opts.clean_ckpt else CLEAN_CKPT
     if opts.ckpts:
       self.attacked = [Path(c) for c in opts.ckpts]
@@ -546,10 +548,12 @@ def table1(ctx: Context) -> dict:
       cells.append('–' if ci is None else f"{ci['auroc']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]")
     lines.append(f"| {model} | {first['attack']} | {first['ba']:.3f} | {first['asr']:.3f} | "
                  + ' | '.join(cells) + ' |')
-  paper = {f'{a} / {c}': v for (a, c), v in PAPER_AUROC.items()}
-  lines += ['', PAPER_NOTE if not paper else
-            'Paper (CIFAR-10): ' + '; '.join(f'{k}: {v[0]} ({v[1]})' for k, v in paper.items()),
-            '', f"Raw comparison (throughput too): [{_rel(out / 'compare.md', ctx.out)}]"
+  attacks = {m: next(iter(summary['results'][m].values()))['attack'] for m in rows}
+  paper = paper_side_by_side(attacks, {m: {t: ci['auroc'] for t, ci in intervals[m].items()}
+                                       for m in rows}, titles)
+  lines += ['', '## Side by side with the paper', '', PAPER_NOTE, '']
+  lines += paper_table_lines(paper, attacks, [t for t in titles if any(t in r for r in paper.values())])
+  lines += ['', f"Raw comparison (throughput too): [{_rel(out / 'compare.md', ctx.out)}]"
             f"({_rel(out / 'compare.md', ctx.out)})."]
   md = _write_md(ctx, 'table1', lines)
 
@@ -575,9 +579,62 @@ def table1(ctx: Context) -> dict:
   ax.set_title('Detection AUROC per model and detector')
   png = _save_figure(fig, ctx.out / 'table1.png', o.command)
   return {'models': rows, 'columns': titles, 'auroc': intervals, 'paper': paper,
-          'paper_note': None if paper else PAPER_NOTE,
+          'paper_note': PAPER_NOTE,
           'compare_json': _rel(out / 'compare.json', ctx.out),
           'md': md, 'png': png}
+
+
+def paper_side_by_side(attacks: dict, ours: dict, titles: Sequence[str]) -> dict:
+  """Our AUROC beside the paper's Table 1 cell of the same attack and detector column.
+
+  Args:
+    attacks: ``{model: config.attack}``.
+    ours: ``{model: {column title: AUROC}}`` (titles of :func:`scaleup_jax.compare.columns`).
+    titles: the columns to compare, in order.
+
+  Returns:
+    ``{model: {title: {'paper', 'ours', 'diff', 'source'}}}`` for every cell the
+    paper has (``diff = ours - paper``; ``ours`` None where we have no number).
+
+  Example:
+    >>> paper_side_by_side({'m': 'wanet'}, {'m': {'SCALE-UP (data-free)': 0.906}},
+    ...                    ['SCALE-UP (data-free)'])['m']['SCALE-UP (data-free)']['diff']
+    -0.012
+  """
+  out = {}
+  for model, attack in attacks.items():
+    row = {}
+    for title in titles:
+      if (attack, title) not in PAPER_AUROC:
+        continue
+      value, source = PAPER_AUROC[(attack, title)]
+      mine = ours.get(model, {}).get(title)
+      row[title] = {'paper': value, 'ours': mine, 'source': source,
+                    'diff': None if mine is None else round(float(mine) - value, 6)}
+    out[model] = row
+  return out
+
+
+def paper_table_lines(paper: dict, attacks: dict, titles: Sequence[str]) -> list[str]:
+  """Markdown rows ``ours / paper (diff)`` of :func:`paper_side_by_side`'s result.
+
+  Models without any cell in the paper (e.g. the adaptive attack) get no row.
+  """
+  lines = ['| model | attack | ' + ' | '.join(titles) + ' |', '|---|---|' + '---:|' * len(titles)]
+  for model, row in paper.items():
+    if not row:
+      continue
+    cells = []
+    for title in titles:
+      c = row.get(title)
+      if c is None:
+        cells.append('–')
+      elif c['ours'] is None:
+        cells.append(f"– / {c['paper']:.3f}")
+      else:
+        cells.append(f"{c['ours']:.3f} / {c['paper']:.3f} ({c['diff']:+.3f})")
+    lines.append(f'| {model} | {attacks[model]} | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -593,11 +650,13 @@ def _stored_scores(json_path: Path, mode: str):
   s = np.load(npz)
   b, p, fooled = s['benign_score'], s['poisoned_score'], s['successful']
   if mode == 'data-limited':
-    cs = json.loads(json_path.read_text())['class_stats']
+    saved = json.loads(json_path.read_text())
+    cs, form = saved['class_stats'], saved.get('data_limited_form', 'standardised')
     stats = scaleup.ClassStats(np.asarray(cs['mean'], np.float32), np.asarray(cs['std'], np.float32),
-                               np.asarray(cs['count']), 0.0, 1.0, cs['min_std'])
-    b = scaleup.data_limited_scores(b, s['benign_pred'], stats)
-    p = scaleup.data_limited_scores(p, s['poisoned_pred'], stats)
+                               np.asarray(cs['count']), 0.0, 1.0, cs['min_std'],
+                               cs.get('balance', 1.0), cs.get('group_by', 'predicted'))
+    b = scaleup.data_limited_scores(b, s['benign_pred'], stats, form)
+    p = scaleup.data_limited_scores(p, s['poisoned_pred'], stats, form)
   return b, p[fooled]
 
 
