@@ -24,15 +24,12 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
 
 from scaleup_jax import scaleup
-from scaleup_jax.batching import map_batches
-from scaleup_jax.validation import InputError, check_images
+from scaleup_jax.validation import InputError
 
 # Candidate scale sets compared by the diagnosis (the paper's default first).
 CANDIDATE_SCALES = {
@@ -49,19 +46,12 @@ SINK_SHARE = 0.25
 MIN_GAIN = 0.25
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _label_matrix(apply_fn, variables, images, scales):
-  classify = scaleup.classifier_from_logits(apply_fn, variables)
-  return scaleup.scaleup_labels(classify, images, scales, 'map')
-
-
 def label_matrix(apply_fn: Callable, variables, images, scales, batch_size: int = 256,
                  progress: bool = False) -> np.ndarray:
   """``(N, 1 + S)`` labels of ``images`` unscaled and at each scale (padded batches)."""
-  scales = tuple(float(s) for s in scaleup.check_scales(scales))
-  images = check_images(images)
-  fn = lambda x: _label_matrix(apply_fn, variables, x, scales)
-  return map_batches(fn, images, batch_size, desc='diagnose', progress=progress)
+  fn = scaleup.make_label_matrix_fn(apply_fn, tuple(float(s) for s in scales), 'map')
+  return scaleup.detect_batched(fn, images, batch_size, variables, progress=progress,
+                                desc='diagnose')
 
 
 def sink_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
