@@ -175,6 +175,9 @@ def apply_trigger(images, mask, pattern):
   return xp.asarray(out, dtype=images.dtype)
 
 
+PATCH_PATTERNS = ('random', 'white', 'black', 'checkerboard')
+
+
 def badnets_trigger(
     key: jax.Array,
     image_shape: Sequence[int] = (32, 32, 3),
@@ -193,7 +196,7 @@ def badnets_trigger(
     margin: pixels between the patch and the image border.
     pattern: ``'random'`` (uniform values, the default: a white 3x3 patch is
       known to evade SCALE-UP, since amplification leaves white unchanged; see
-      BackdoorBox issue 75), ``'white'`` or ``'checkerboard'``.
+      BackdoorBox issue 75), ``'white'``, ``'black'`` or ``'checkerboard'``.
 
   Returns:
     A :class:`Trigger`.
@@ -211,11 +214,13 @@ def badnets_trigger(
     patch = np.asarray(jax.random.uniform(key, (size, size, c)), np.float32)
   elif pattern == 'white':
     patch = np.ones((size, size, c), np.float32)
+  elif pattern == 'black':
+    patch = np.zeros((size, size, c), np.float32)
   elif pattern == 'checkerboard':
     board = (np.indices((size, size)).sum(0) % 2).astype(np.float32)
     patch = np.repeat(board[..., None], c, axis=-1)
   else:
-    raise ValueError(f"unknown patch pattern {pattern!r}; expected 'random', 'white' or 'checkerboard'")
+    raise ValueError(f"unknown patch pattern {pattern!r}; expected one of {PATCH_PATTERNS}")
   full = np.zeros(image_shape, np.float32)
   full[top : top + size, left : left + size, :] = patch
   return Trigger(mask, full)

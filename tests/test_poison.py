@@ -30,6 +30,12 @@ def test_badnets_patterns():
   key = jax.random.key(0)
   white = poison.badnets_trigger(key, pattern='white')
   assert white.pattern[white.mask == 1].min() == 1.0
+  black = poison.badnets_trigger(key, pattern='black', size=4)
+  assert black.mask.sum() == 4 * 4 * 3 and black.pattern.max() == 0.0
+  board = poison.badnets_trigger(key, pattern='checkerboard', size=2, margin=0)
+  np.testing.assert_array_equal(board.pattern[-2:, -2:, 0], [[0, 1], [1, 0]])
+  with pytest.raises(ValueError, match="unknown patch pattern 'gray'"):
+    poison.badnets_trigger(key, pattern='gray')
   rand = poison.badnets_trigger(key)
   vals = rand.pattern[rand.mask == 1]
   assert 0 <= vals.min() and vals.max() <= 1 and len(np.unique(vals)) > 10
@@ -132,3 +138,25 @@ def test_multi_trigger_cycles_triggers(tmp_path):
   np.testing.assert_array_equal(back.apply(x), y)
   yj = jax.jit(multi.apply)(jax.numpy.asarray(x))
   np.testing.assert_allclose(np.asarray(yj), y)
+
+
+@pytest.mark.parametrize('arg, attack, target, kw', [
+    ('pattern=white,target=3', 'badnets', 3, {'pattern': 'white', 'size': 5}),
+    ('pattern=checkerboard,target=0,size=3', 'badnets', 0, {'pattern': 'checkerboard', 'size': 3}),
+    ('pattern=blend,target=9', 'blended', 9, {'alpha': 0.2}),
+])
+def test_failure_map_config(arg, attack, target, kw):
+  from train.configs import failure_map_resnet20
+  config = failure_map_resnet20.get_config(arg)
+  assert (config.attack, config.target_label, config.num_epochs) == (attack, target, 5)
+  assert {k: config.attack_kwargs[k] for k in kw} == kw
+
+
+@pytest.mark.parametrize('arg, match', [('pattern=gray', 'unknown failure-map pattern'),
+                                        ('target=10', 'not a CIFAR-10 class'),
+                                        ('pattern=blend,size=3', 'patch patterns'),
+                                        ('colour=red', 'unknown failure-map override')])
+def test_failure_map_config_errors(arg, match):
+  from train.configs import failure_map_resnet20
+  with pytest.raises(ValueError, match=match):
+    failure_map_resnet20.get_config(arg)
