@@ -1,0 +1,151 @@
+"""A tiny random classifier served exactly like a real model (tests and demos).
+
+A linear layer on the flattened 32x32x3 image with weights from a seeded PRNG
+key, calibrated on seeded random images: it compiles in a fraction of the
+ResNet-20's time, so the service's tests (HTTP, bad inputs, concurrency,
+kill-and-restart) run in seconds. It detects nothing meaningful; the tests
+compare the service's answers with the same computation done directly.
+
+  python -m scaleup_jax.serve.testing --port 0 --store /tmp/f.sqlite --calibration /tmp/cal.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from scaleup_jax import calibration, scaleup
+from scaleup_jax.serve import engine as engine_lib
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def _linear_apply(variables, images):
+  p = variables['params']
+  return (images.reshape(images.shape[0], -1) - 0.5) @ p['kernel'] + p['bias']
+
+
+def tiny_model(seed: int = 0, num_classes: int = 10) -> engine_lib.Model:
+  """A seeded random linear classifier on ``(32, 32, 3)`` images: ``(x - 0.5) W + b``.
+
+  Its weights come from ``numpy.random.default_rng(seed)`` (no eager JAX work,
+  which compiles op by op), so building it costs nothing.
+  """
+  rng = np.random.default_rng(seed)
+  d = int(np.prod(IMAGE_SHAPE))
+  variables = {'params': {
+      'kernel': jnp.asarray(rng.normal(0, 1 / np.sqrt(d), (d, num_classes)), jnp.float32),
+      'bias': jnp.asarray(rng.normal(0, 0.1, (num_classes,)), jnp.float32)}}
+  return engine_lib.Model(_linear_apply, variables, IMAGE_SHAPE, num_classes,
+                          f'tiny-linear-{seed}', tuple(f'class{k}' for k in range(num_classes)))
+
+
+def numpy_label_matrix(model: engine_lib.Model, images, scales=scaleup.DEFAULT_SCALES) -> np.ndarray:
+  """The tiny model's label matrix computed in NumPy (float64), independently of JAX."""
+  p = model.variables['params']
+  w, b = np.asarray(p['kernel'], np.float64), np.asarray(p['bias'], np.float64)
+  x = np.asarray(images, np.float64).reshape(len(images), -1)
+  cols = [np.argmax((np.clip(f * x, 0, 1) - 0.5) @ w + b, axis=1) for f in (1.0, *scales)]
+  return np.stack(cols, axis=1).astype(np.int32)
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+  """``n`` seeded images in [0, 1]: uniform noise times a brightness in [0.02, 1]."""
+  rng = np.random.default_rng(seed)
+  u = rng.random((n, *IMAGE_SHAPE))
+  b = rng.uniform(0.02, 1.0, (n, 1, 1, 1))
+  return (u * b).astype(np.float32)
+
+
+def tiny_calibration(model: engine_lib.Model, path, alpha: float = 0.3, n: int = 200,
+                     seed: int = 1, engine: engine_lib.Engine | None = None,
+                     scales=scaleup.DEFAULT_SCALES) -> calibration.CalibratedDetector:
+  """Calibrates SPC on ``n`` seeded random images at ``alpha`` and saves it to ``path``.
+
+  The label matrix comes from ``engine`` (its compiled buckets) if given,
+  else from :func:`numpy_label_matrix`.
+  """
+  images = random_images(n, seed)
+  if engine is not None:
+    scales = engine.scales
+    lm = np.concatenate([engine.label_matrix(images[i : i + engine.max_batch])
+                         for i in range(0, n, engine.max_batch)])
+  else:
+    lm = numpy_label_matrix(model, images, scales)
+  det = calibration.calibrate_detector('spc', lm, scales, alpha, model.variables,
+                                       meta={'calibration_images': n, 'made_by': 'serve.testing'})
+  det.save(path)
+  return det
+
+
+def main(argv=None) -> int:
+  from scaleup_jax.serve import app
+  p = argparse.ArgumentParser(prog='python -m scaleup_jax.serve.testing', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--port', type=int, default=0)
+  p.add_argument('--store', required=True)
+  p.add_argument('--calibration', required=True, help='made (alpha 0.3) if absent')
+  p.add_argument('--policy', default='flag')
+  p.add_argument('--buckets', default='1,4')
+  p.add_argument('--max_wait_ms', type=float, default=5.0)
+  p.add_argument('--token_file', default=None)
+  p.add_argument('--nodetection', action='store_true')
+  p.add_argument('--synchronous', default='FULL')
+  args = p.parse_args(argv)
+  model = tiny_model()
+  if not args.nodetection and not Path(args.calibration).is_file():
+    tiny_calibration(model, args.calibration)
+  cfg = app.ServeConfig(calibration=args.calibration, store=args.store, policy=args.policy,
+                        buckets=tuple(int(b) for b in args.buckets.split(',')), port=args.port,
+                        max_wait_ms=args.max_wait_ms, token_file=args.token_file,
+                        detection=not args.nodetection, synchronous=args.synchronous)
+  app.serve(cfg, app.build_firewall(cfg, model=model, say=lambda s: print(s, flush=True)),
+            say=lambda s: print(s, flush=True))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
+
+
+class ThreadedServer:
+  """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a background thread.
+
+  Example:
+    >>> with ThreadedServer(create_app(firewall)) as srv:
+    ...   httpx.get(srv.url + '/healthz')
+  """
+
+  def __init__(self, app, host: str = '127.0.0.1'):
+    import threading
+    import time
+    import uvicorn
+    from scaleup_jax.serve.app import bind
+    self._sock = bind(host, 0)
+    self.port = self._sock.getsockname()[1]
+    self.url = f'http://{host}:{self.port}'
+    self.server = uvicorn.Server(uvicorn.Config(app, log_level='warning', lifespan='on',
+                                                timeout_graceful_shutdown=5))
+    self.thread = threading.Thread(target=self.server.run, kwargs={'sockets': [self._sock]},
+                                   daemon=True)
+    self.thread.start()
+    t0 = time.monotonic()
+    while not self.server.started:
+      if not self.thread.is_alive() or time.monotonic() - t0 > 30:
+        raise RuntimeError('uvicorn did not start')
+      time.sleep(0.01)
+
+  def stop(self) -> None:
+    self.server.should_exit = True
+    self.thread.join(15)
+    self._sock.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
