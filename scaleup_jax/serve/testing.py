@@ -95,6 +95,9 @@ def main(argv=None) -> int:
   p.add_argument('--token_file', default=None)
   p.add_argument('--nodetection', action='store_true')
   p.add_argument('--synchronous', default='FULL')
+  p.add_argument('--ray', type=int, default=0, metavar='N',
+                 help='deploy N Ray Serve replicas on a local Ray instance (needs --port > 0); '
+                      'stops when stdin closes')
   args = p.parse_args(argv)
   model = tiny_model()
   if not args.nodetection and not Path(args.calibration).is_file():
@@ -103,8 +106,21 @@ def main(argv=None) -> int:
                         buckets=tuple(int(b) for b in args.buckets.split(',')), port=args.port,
                         max_wait_ms=args.max_wait_ms, token_file=args.token_file,
                         detection=not args.nodetection, synchronous=args.synchronous)
-  app.serve(cfg, app.build_firewall(cfg, model=model, say=lambda s: print(s, flush=True)),
-            say=lambda s: print(s, flush=True))
+  say = lambda s: print(s, flush=True)  # noqa: E731
+  if args.ray:
+    import ray
+    from ray import serve
+    from scaleup_jax.serve import ray_app
+    ray.init(num_cpus=max(2, args.ray), include_dashboard=False, log_to_driver=False)
+    try:
+      ray_app.deploy(cfg, args.ray, model_factory=tiny_model, say=say)
+      say(f'serving on http://{cfg.host}:{cfg.port}  (Ray Serve, {args.ray} replicas)')
+      sys.stdin.read()  # until the parent closes stdin
+    finally:
+      serve.shutdown()
+      ray.shutdown()
+    return 0
+  app.serve(cfg, app.build_firewall(cfg, model=model, say=say), say=say)
   return 0
 
 
