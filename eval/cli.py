@@ -29,6 +29,7 @@ OPTIONAL = {
     'diagnose': ('eval.diagnose', 'absl', "a model's saturation classes and SCALE-UP settings"),
     'protocol': ('eval.protocol', 'absl', "checks behind the paper-protocol choices (noise, forms)"),
     'serve': ('eval.serve', 'absl', 'SCALE-UP as an HTTP firewall in front of the model'),
+    'failure-map': ('eval.failure_map', 'argv', 'AUROC per trigger pattern x target, and why'),
 }
 
 
