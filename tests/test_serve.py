@@ -15,6 +15,7 @@ import threading
 import time
 
 import httpx
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -426,3 +427,15 @@ def test_calibration_is_required_and_must_match_the_model(env, tmp_path):
     build_firewall(cfg, model=other, say=lambda s: None)
   with pytest.raises(InputError, match='policy'):
     Firewall(env.engine, env.det, 'drop', env.flag_store)
+
+
+def test_defender_images_are_those_eval_detect_calibrates_on():
+  from scaleup_jax import evaluate
+  from scaleup_jax.serve.app import defender_indices
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 10, 300).astype(np.int32)
+  images = np.zeros((300, 2, 2, 3), np.float32)
+  for seed in (0, 3):
+    ev = evaluate.build_eval_arrays(jax.random.key(seed), images, labels, 10, 0, lambda x: x,
+                                    num_defense_per_class=7)
+    assert np.array_equal(defender_indices(seed, labels, 10, 7), ev.defense_idx)

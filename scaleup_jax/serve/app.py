@@ -141,6 +141,23 @@ def read_token(config: ServeConfig) -> str | None:
 # ---------------------------------------------------------------- building the firewall
 
 
+def defender_indices(seed: int, labels, num_classes: int, num_per_class: int) -> np.ndarray:
+  """Indices of the defender's benign test images: the ones ``eval.detect --seed SEED`` holds out.
+
+  ``evaluate.build_eval_arrays(key(seed), ...)`` splits its key in three and
+  gives the first to ``evaluate.split_test_set``; so does this (a test checks
+  that the two agree).
+
+  Returns:
+    int64 indices, ``num_per_class`` per class (fewer if a class has fewer).
+  """
+  import jax
+  from scaleup_jax import evaluate
+  k_split = jax.random.split(jax.random.key(int(seed)), 3)[0]
+  defense, _ = evaluate.split_test_set(k_split, np.asarray(labels), num_classes, num_per_class, 0)
+  return defense
+
+
 def calibrate_on_defender_images(engine: engine_lib.Engine, config: ServeConfig,
                                  dataset: str = 'cifar10') -> calibration.CalibratedDetector:
   """A calibrated SPC detector from the defender's benign images, through ``engine``.
@@ -164,7 +181,6 @@ def calibrate_on_defender_images(engine: engine_lib.Engine, config: ServeConfig,
     InputError: unreadable or invalid images, or too few of them to certify
       ``alpha`` under the conformal rule.
   """
-  import jax
   from scaleup_jax import integrity
   from scaleup_jax.validation import check_images
   model = engine.model
@@ -180,17 +196,17 @@ def calibrate_on_defender_images(engine: engine_lib.Engine, config: ServeConfig,
               'selection': 'every image of the file'}
   else:
     from scaleup_jax import data as data_lib
-    from scaleup_jax import evaluate
     if config.num_defense_per_class < 1:
       raise InputError(f'num_defense_per_class must be >= 1 to calibrate; got '
                        f'{config.num_defense_per_class}')
     test = data_lib.load_split(dataset, 'test', config.data_dir, download=config.download)
-    defense_idx, _ = evaluate.split_test_set(jax.random.key(config.seed), test.labels,
-                                             test.num_classes, config.num_defense_per_class, 0)
+    defense_idx = defender_indices(config.seed, test.labels, test.num_classes,
+                                   config.num_defense_per_class)
     images = test.images[defense_idx]
     source = {'dataset': dataset, 'split': 'test',
-              'selection': f'evaluate.split_test_set(key({config.seed})): the first '
-                           f'{config.num_defense_per_class} test images per class (defender images)'}
+              'selection': f'the defender images of eval.detect --seed {config.seed}: '
+                           f'{config.num_defense_per_class} test images per class '
+                           '(evaluate.build_eval_arrays\' split)'}
   lm = np.concatenate([engine.label_matrix(images[i : i + engine.max_batch])
                        for i in range(0, len(images), engine.max_batch)])
   meta = {'ckpt': str(model.path or model.name), 'calibration_images': int(len(images)),

@@ -119,7 +119,8 @@ def decode_file(i: int, data: bytes, image_shape: tuple, limits: Limits,
     im, mode = im.convert('RGB'), 'RGB'
   channels = {'L': 1, 'RGB': 3}.get(mode)
   if channels != want_c:
-    raise RequestError(422, f'{where} has mode {mode} ({len(im.getbands())} channels); the model '
+    bands = len(im.getbands())
+    raise RequestError(422, f'{where} has mode {mode} ({bands} channel{"s" if bands != 1 else ""}); the model '
                             f'takes {want_c} channel{"s" if want_c != 1 else ""} '
                             f'({"RGB" if want_c == 3 else "L"}), without alpha')
   a = np.asarray(im, np.uint8).reshape(want_h, want_w, want_c)
