@@ -141,6 +141,21 @@ def test_classify_forms_agree_with_direct_computation(env):
   assert r4.status_code == 200 and r4.json()['results'][0]['spc'] == pytest.approx(float(env.spc[3]))
   assert len({body['request_id'], r2.json()['request_id'], r3.json()['request_id']}) == 3
 
+  # JPEG is lossy: the service must score the decoded pixels, as PIL decodes them.
+  jpgs = []
+  for i in idx[:3]:
+    buf = io.BytesIO()
+    Image.fromarray(env.u8[i]).save(buf, format='JPEG', quality=90)
+    jpgs.append(buf.getvalue())
+  r5 = env.http.post(env.flag.url + '/v1/classify',
+                     files=[('image', (f'{k}.jpg', b, 'image/jpeg')) for k, b in enumerate(jpgs)])
+  assert r5.status_code == 200, r5.text
+  decoded = np.stack([np.asarray(Image.open(io.BytesIO(b)), np.uint8) for b in jpgs])
+  labels, spc, flagged = expected_decisions(env.model, env.det, decoded.astype(np.float32) / 255.0)
+  for k, res in enumerate(r5.json()['results']):
+    assert (res['label'], res['flagged']) == (int(labels[k]), bool(flagged[k]))
+    assert res['spc'] == pytest.approx(float(spc[k]))
+
 
 def test_flagged_inputs_are_stored_and_reviewable(env):
   idx = list(range(8, 16))
