@@ -211,7 +211,7 @@ def test_report_from_synthetic_json():
   # Generated readings carry the measured numbers.
   why = md.split('## My trigger is X')[1].split('## The reported')[0]
   assert 'target cat (3): 0.29 / 0.28' in why
-  assert 'below 0.7 at every target measured: the pattern, not the target' in why
+  assert 'Data-free AUROC is below 0.7 at every target measured, sink class or not.' in why
   assert 'below chance because the poisoned images are *less* consistent' in why
   assert "The target is the model's sink class" in why
   assert 'only 0% of the x11 poisoned images keep the target label' in why
@@ -225,6 +225,23 @@ def test_report_from_synthetic_json():
   again = report.markdown(res, previous=edited)
   assert 'The lead says: white squares saturate.' in again and report.HAND_PLACEHOLDER not in again
   assert report.HAND_PLACEHOLDER in report.markdown(res, previous='no markers here')
+
+
+def test_explain_names_every_sink_and_a_lost_trigger():
+  res = _synthetic()
+  rec = res['models']['zoo/failure_map/white_t3']
+  rec['sinks'], rec['target_is_sink'] = [0, 3], True
+  text = ' '.join(report.explain('zoo/failure_map/white_t3', rec))
+  # Benign x11: five of the six images go to airplane (0), none to cat (3).
+  assert ("The target is one of the model's sink classes: airplane (0) (83% of the benign x11 "
+          'images), cat (3) (0% of the benign x11 images)') in text
+  assert 'airplane (0) takes more of them than the target' in text
+  assert 'only 0% of the x11 poisoned images keep the target label' in text
+  assert 'at or above the poisoned images\' 0.00' not in text  # data-limited is not worse here
+  rec['auroc']['data-limited'] = 0.2
+  text = ' '.join(report.explain('zoo/failure_map/white_t3', rec))
+  assert ('benign images predicted as cat (3) have mean SPC 0.30, at or above the poisoned '
+          "images' 0.00") in text
 
 
 def test_heatmap_and_mechanism_write_pngs(tmp_path):
@@ -324,6 +341,7 @@ def quick_white_t0(tmp_path_factory):
 
 
 @requires_cifar
+@pytest.mark.slow
 def test_entry_point_end_to_end(quick_white_t0, tmp_path, capsys):
   from eval import failure_map
   out = tmp_path / 'out'

@@ -127,37 +127,45 @@ def explain(model: str, rec: dict) -> list[str]:
     out.append(f"At x{big:g}, after clipping, the poisoned images differ from their clean "
                f"sources by {_pct(kept[-1])} of the unamplified difference (x"
                f"{rec['mechanism']['trigger_kept']['factors'][0]:g}: {_pct(kept[0])}).")
-  b_sink = _goes(rec, 'benign', 'to_sinks')
+  sinks = list(rec.get('sinks') or [])
+  x_big = rec['mechanism']['goes_to']['benign']
+  share = lambda k: x_big['shares'][-1][k] if x_big.get('shares') else None
+  sink_words = ', '.join(f'{_name(rec, k)} ({_pct(share(k))} of the benign x{big:g} images)'
+                         for k in sinks)
   if rec.get('target_is_sink'):
-    out.append(f"The target is the model's sink class: {_pct(_goes(rec, 'benign', 'to_target'))} "
-               f'of the benign images amplified x{big:g} are called {tname}, and benign images '
-               f'of that class keep their label (mean SPC {_f(sbt, ".2f")} against '
-               f'{_f(sbo, ".2f")} for the other classes).')
-  elif rec.get('sinks'):
-    out.append(f"The model's sink class is {', '.join(_name(rec, k) for k in rec['sinks'])} "
-               f'({_pct(b_sink)} of the benign images amplified x{big:g}), not the target; '
-               f'benign images of the target class have mean SPC {_f(sbt, ".2f")} '
+    others = [k for k in sinks if k != t]
+    s = (f"The target is {'the' if not others else 'one of the'} model's sink "
+         f"class{'es' if others else ''}: {sink_words}")
+    if others and share(others[0]) is not None and share(t) is not None and share(others[0]) > share(t):
+      s += f'; {_name(rec, others[0])} takes more of them than the target'
+    out.append(s + f'. Benign images of the target class have mean SPC {_f(sbt, ".2f")} '
+               f'(other classes {_f(sbo, ".2f")}).')
+  elif sinks:
+    out.append(f"The model's sink class{'es are' if len(sinks) > 1 else ' is'} {sink_words}, not "
+               f'the target; benign images of the target class have mean SPC {_f(sbt, ".2f")} '
                f'(other classes {_f(sbo, ".2f")}).')
   else:
     out.append(f'The model has no sink class (no class takes 25% of the benign x{big:g} images '
                f'of the defender); benign images of the target class have mean SPC '
                f'{_f(sbt, ".2f")} (other classes {_f(sbo, ".2f")}).')
   # Readings, conditioned on the numbers above.
+  p_t = _goes(rec, 'poisoned_successful', 'to_target')
+  lost = p_t is not None and p_t < 0.5
+  lost_words = (f'the trigger does not survive amplification: only {_pct(p_t)} of the x{big:g} '
+                'poisoned images keep the target label')
   if a_df is not None and sp is not None and sb is not None:
     if a_df < 0.5 and sp < sb:
       s = (f'Reading: data-free AUROC {a_df:.2f} is below chance because the poisoned images are '
            f'*less* consistent under amplification than the benign ones ({sp:.2f} < {sb:.2f})')
-      p_t = _goes(rec, 'poisoned_successful', 'to_target')
-      if p_t is not None and p_t < 0.5:
-        s += (f': the trigger does not survive amplification (only {_pct(p_t)} of the x{big:g} '
-              'poisoned images keep the target label)')
-      out.append(s + '.')
+      out.append(s + (f'; {lost_words}.' if lost else '.'))
     elif a_df < LOW_AUROC:
       s = (f'Reading: data-free AUROC {a_df:.2f}: the poisoned images are barely more consistent '
            f'than the benign ones (mean SPC {sp:.2f} against {sb:.2f})')
-      if sb1 is not None and sb1 > 0.05:
-        s += (f'; {_pct(sb1)} of the benign images share SPC = 1 with {_pct(sp1)} of the poisoned '
-              'ones, and those ties cap the TPR at 5% FPR')
+      if lost:
+        s += f'; {lost_words}'
+      elif sb1 is not None and sb1 > 0.05 and sp1 is not None and sp1 > 0.5:
+        s += (f'; {_pct(sb1)} of the benign images sit at SPC = 1 with {_pct(sp1)} of the '
+              'poisoned ones, and those ties cap the TPR at 5% FPR')
       out.append(s + '.')
     else:
       s = f'Reading: data-free SCALE-UP works here (AUROC {a_df:.2f}; mean SPC {sp:.2f} against {sb:.2f})'
@@ -168,8 +176,14 @@ def explain(model: str, rec: dict) -> list[str]:
     s = (f'The data-limited mode does worse ({a_dl:.2f}): it standardises SPC by the benign '
          f'statistics of the predicted class, and benign images predicted as {tname} have mean '
          f'SPC {_f(sbp, ".2f")}')
-    s += (' (the sink class: high benign SPC, so a poisoned SPC of 1 is unremarkable there).'
-          if rec.get('target_is_sink') else '.')
+    if sp is not None and sbp is not None and sp <= sbp:
+      s += (f', at or above the poisoned images\' {sp:.2f}: standardised, the poisoned images '
+            'score no higher than benign ones of their class.')
+    elif rec.get('target_is_sink') and sp is not None and sp >= 0.8:
+      s += (f' (a sink class: its benign images are consistent too, so the poisoned images\' '
+            f'{sp:.2f} stands out less there than raw SPC does against all benign images).')
+    else:
+      s += '.'
     out.append(s)
   elif a_dl is not None and a_df is not None and a_dl > a_df + 0.05:
     out.append(f'The data-limited mode does better ({a_dl:.2f} against {a_df:.2f}): '
@@ -203,16 +217,23 @@ def variant_summary(variant: str, names: list[str], results: dict) -> str:
        f"by target: {'; '.join(parts)}.")
   low = [r for _, r in recs if (r.get('auroc') or {}).get('data-free') is not None
          and r['auroc']['data-free'] < LOW_AUROC]
+  sinkish = lambda r: ' (a sink class)' if r.get('target_is_sink') else ''
   if not low:
     s += f' Data-free AUROC is at least {LOW_AUROC} at every target measured.'
   elif len(low) == len(recs) and len(recs) > 1:
-    s += (f' Data-free AUROC is below {LOW_AUROC} at every target measured: the pattern, not the '
-          'target, is the cause.')
-  elif all(r.get('target_is_sink') for r in low):
-    s += f' Data-free AUROC is below {LOW_AUROC} only where the target is the sink class.'
-  else:
-    s += (f" Data-free AUROC is below {LOW_AUROC} at target(s) "
+    s += (f' Data-free AUROC is below {LOW_AUROC} at every target measured'
+          + (', sink class or not' if len({bool(r.get('target_is_sink')) for _, r in recs}) > 1
+             else '') + '.')
+  elif (all(r.get('target_is_sink') for r in low)
+        and any(not r.get('target_is_sink') for _, r in recs)):
+    s += f' Data-free AUROC is below {LOW_AUROC} only where the target is a sink class.'
+  elif (not any(r.get('target_is_sink') for r in low)
+        and any(r.get('target_is_sink') for _, r in recs)):
+    s += (f' Data-free AUROC is below {LOW_AUROC} only where the target is not a sink class: '
           f"{', '.join(_name(r, r['target']) for r in low)}.")
+  else:
+    s += (f" Data-free AUROC is below {LOW_AUROC} at target "
+          f"{', '.join(_name(r, r['target']) + sinkish(r) for r in low)}.")
   return s
 
 
