@@ -37,7 +37,7 @@ flags.DEFINE_string('method', 'auto', "How scales are batched: 'vmap' (one batch
                     "(sequential) or 'auto' (map on CPU from batch 32, as measured by eval.bench; "
                     "vmap otherwise).")
 flags.DEFINE_string('detector', 'scaleup', 'Detector: scaleup, strip, shrinkpad, deepsweep, frequency, ibd_psc or teco.')
-flags.DEFINE_list('detector_options', [], 'Baseline options as key=value (numbers parsed), e.g. num_overlays=50.')
+flags.DEFINE_list('detector_options', [], 'Detector options as key=value (numbers parsed), e.g. num_overlays=50 for strip; each detector validates its own (SCALE-UP: scales, dense_scales, method, data_limited_form, group_by, also set by their own flags).')
 flags.DEFINE_bool('keep_all_poisoned', False, 'Score every poisoned image, not only those the attack fooled.')
 flags.DEFINE_integer('noise_copies', 0, 'Add this many noisy copies of every benign and poisoned image.')
 flags.DEFINE_enum('noise_kind', 'uniform', ['uniform', 'gaussian'],

@@ -159,13 +159,7 @@ def _merge(old: dict, new: dict) -> dict:
 
 def columns(names) -> list[tuple[str, str, str]]:
   """``(column title, detector, detection mode)`` for the AUROC table."""
-  cols = []
-  for n in names:
-    if n == 'scaleup':
-      cols += [('SCALE-UP (data-free)', n, 'data-free'), ('SCALE-UP (data-limited)', n, 'data-limited')]
-    else:
-      cols.append((n, n, n))
-  return cols
+  return [c for n in names for c in detectors.table_columns(n)]
 
 
 def auroc_matrix(summary: dict):

@@ -23,9 +23,12 @@ ibd_psc     parameters      yes            yes (BN layers, layer choice)
 teco        labels          no             no
 ==========  ==============  =============  ===============================
 
-The SCALE-UP data-limited standardisation is not part of the ``scaleup``
-entry (its score is the data-free SPC); apply
-:func:`scaleup_jax.scaleup.fit_class_stats` on top as ``evaluate`` does.
+Detectors with several scores or a fitted step declare them (see
+:class:`~scaleup_jax.baselines.common.Detector`): SCALE-UP's data-limited mode is
+its own ``fit``/``score``, so callers treat every entry alike:
+
+    lm = scaleup.detect_batched(lambda x: det.raw(variables, x), images, 256)
+    preds, scores = det.score(lm, det.fit(lm_defense, labels_defense, num_classes))
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 import jax
+import numpy as np
 
 from scaleup_jax import scaleup
 from scaleup_jax.baselines import (common, deepsweep, frequency, ibd_psc, shrinkpad, strip,
@@ -42,23 +46,82 @@ from scaleup_jax.baselines.common import Detector
 from scaleup_jax.validation import InputError, check_scales
 
 
+SCALEUP_MODES = scaleup.CONSISTENCY_MODES
+
+
 def make_scaleup(apply_fn: Callable, variables=None, *, key=None, benign_images=None,
                  benign_labels=None, scales: Sequence[float] = scaleup.DEFAULT_SCALES,
-                 method: str = 'vmap') -> Detector:
-  """SCALE-UP as a :class:`Detector`: scores are the data-free SPC.
+                 dense_scales: Sequence[float] = (), method: str = 'auto',
+                 data_limited_form: str = 'standardised', group_by: str = 'predicted') -> Detector:
+  """SCALE-UP as a :class:`Detector` with its three modes.
 
-  Wraps :func:`scaleup_jax.scaleup.scaleup_detect`; ``variables``,
-  ``benign_images``, ``benign_labels`` and ``key`` are unused.
+  The core is the label matrix on ``query_grid(scales, dense_scales)``
+  (:func:`scaleup_jax.scaleup.make_label_matrix_fn`, compiled once per batch
+  shape); every score is read from it on the host:
+
+  * ``'data-free'``: SPC on ``scales`` (paper Eq. 1-2); also ``det(v, x)``'s score.
+  * ``'data-limited'``: SPC standardised by the per-class statistics that
+    :meth:`Detector.fit` learns from the defender's label matrices (Eq. 3-4;
+    ``data_limited_form`` and ``group_by`` as in
+    :func:`scaleup_jax.scaleup.data_limited_scores` and ``fit_class_stats``).
+  * ``'data-limited-global'``: one global mean/std (a monotone map of SPC).
+
+  Args:
+    apply_fn: ``(variables, images (B, H, W, C) in [0, 1]) -> logits (B, K)``.
+    variables, key, benign_images, benign_labels: unused (the statistics are
+      fitted from label matrices, see :meth:`Detector.fit`).
+    scales: the paper's scale set ``S``.
+    dense_scales: extra factors for the finer label-only scores of
+      :mod:`scaleup_jax.calibration` (``()``: none).
+    method: ``'vmap'``, ``'map'`` or ``'auto'`` (chosen per batch size,
+      :func:`scaleup_jax.scaleup.resolve_method`).
+
+  Returns:
+    A :class:`Detector` whose ``raw`` outputs are int32 label matrices ``(B, 1 + F)``.
+
+  Example:
+    >>> det = make('scaleup', run.apply_fn, key=0)
+    >>> lm = scaleup.detect_batched(lambda x: det.raw(run.variables, x), images, 256)
+    >>> preds, scores = det.score(lm, det.fit(lm_defense, labels_defense, 10))
   """
   del variables, benign_images, benign_labels
-  scales = tuple(float(s) for s in check_scales(scales))
-  if method not in scaleup.METHODS:
-    raise InputError(f'unknown method {method!r}; expected one of {scaleup.METHODS}')
+  scales = tuple(sorted(float(s) for s in check_scales(scales)))
+  grid = scaleup.query_grid(scales, dense_scales) if len(dense_scales) else scaleup.check_factors(scales)
+  scaleup.resolve_method(method, 1)  # an unknown method fails here
+  if data_limited_form not in scaleup.DATA_LIMITED_FORMS:
+    raise InputError(f'unknown data_limited_form {data_limited_form!r}; expected one of '
+                     f'{scaleup.DATA_LIMITED_FORMS}')
+  if group_by not in scaleup.GROUP_BY:
+    raise InputError(f'unknown group_by {group_by!r}; expected one of {scaleup.GROUP_BY}')
   key = jax.random.key(0) if key is None else common.default_key(key)
-  core = jax.jit(lambda v, x, k, aux: scaleup.scaleup_detect(apply_fn, v, x, scales, method))
-  return Detector(name='scaleup', core=core, aux=None, key=key, needs='labels',
-                  model_forwards=1 + len(scales),
-                  config={'scales': list(scales), 'method': method, 'score': 'SPC'})
+  labels = scaleup.make_label_matrix_fn(apply_fn, grid, method)
+  cols = np.asarray([0] + [grid.index(s) + 1 for s in scales])
+
+  def head(lm):
+    return lm[:, 0], scaleup.spc_from_labels(lm[:, cols])
+
+  def fit(d_lm, d_labels, num_classes):
+    return scaleup.fit_consistency(np.asarray(d_lm)[:, cols], num_classes, labels=d_labels,
+                                   group_by=group_by)
+
+  def score(lm, stats):
+    return scaleup.consistency_scores(np.asarray(lm)[:, cols], stats, data_limited_form)
+
+  def describe(stats):
+    return {'data_limited_form': data_limited_form,
+            'class_stats': {'mean': stats.mean.tolist(), 'std': stats.std.tolist(),
+                            'count': stats.count.tolist(), 'min_std': stats.min_std,
+                            'balance': stats.balance, 'group_by': stats.group_by}}
+
+  core = jax.jit(lambda v, x, k, aux: labels(v, x))  # one compilation per batch shape
+  return Detector(name='scaleup', core=core, aux=None, key=key,
+                  needs='labels', model_forwards=1 + len(scales),
+                  config={'scales': list(scales), 'method': method, 'score': 'SPC',
+                          'grid': list(grid), 'data_limited_form': data_limited_form,
+                          'group_by': group_by},
+                  modes=SCALEUP_MODES, head=head, fit_fn=fit, score_fn=score,
+                  fitted_modes=SCALEUP_MODES[1:], describe_state=describe,
+                  outputs='label_matrix')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +135,10 @@ class DetectorSpec:
     needs_benign: the factory requires the defender's benign images.
     needs_variables: the factory requires the trained variables.
     paper: short reference.
+    title: the detector's name in tables and reports.
+    modes: its score modes (``()``: one, named after the registry entry); the
+      built :class:`Detector` has the same ``score_modes``.
+    table_modes: the modes that get a column in comparison tables (``()``: all).
   """
 
   factory: Callable
@@ -79,23 +146,37 @@ class DetectorSpec:
   needs_benign: bool
   needs_variables: bool
   paper: str
+  title: str
+  modes: tuple = ()
+  table_modes: tuple = ()
+
+  def option_names(self) -> tuple:
+    """The detector-specific keyword options its factory takes."""
+    import inspect
+    params = inspect.signature(self.factory).parameters
+    return tuple(k for k, p in params.items()
+                 if (p.kind == p.KEYWORD_ONLY or p.default is not p.empty)
+                 and k not in ('key', 'benign_images', 'benign_labels', 'variables'))
 
 
 SPECS: dict[str, DetectorSpec] = {
     'scaleup': DetectorSpec(make_scaleup, 'labels', False, False,
-                            'Guo et al., ICLR 2023 (SCALE-UP)'),
+                            'Guo et al., ICLR 2023 (SCALE-UP)', 'SCALE-UP', SCALEUP_MODES,
+                            SCALEUP_MODES[:2]),
     'strip': DetectorSpec(strip.make, 'probabilities', True, False,
-                          'Gao et al., ACSAC 2019 (STRIP)'),
+                          'Gao et al., ACSAC 2019 (STRIP)', 'STRIP'),
     'shrinkpad': DetectorSpec(shrinkpad.make, 'labels', False, False,
-                              'Li et al., ICLR-W 2021 (ShrinkPad)'),
+                              'Li et al., ICLR-W 2021 (ShrinkPad)', 'ShrinkPad'),
     'deepsweep': DetectorSpec(deepsweep.make, 'labels', False, False,
-                              'Qiu et al., AsiaCCS 2021 (DeepSweep)'),
+                              'Qiu et al., AsiaCCS 2021 (DeepSweep)', 'DeepSweep'),
     'frequency': DetectorSpec(frequency.make, 'none', True, False,
-                              'Zeng et al., ICCV 2021 (Frequency)'),
+                              'Zeng et al., ICCV 2021 (Frequency)', 'Frequency'),
     'ibd_psc': DetectorSpec(ibd_psc.make, 'parameters', True, True,
-                            'Hou et al., ICML 2024 (IBD-PSC)'),
-    'teco': DetectorSpec(teco.make, 'labels', False, False, 'Liu et al., CVPR 2023 (TeCo)'),
+                            'Hou et al., ICML 2024 (IBD-PSC)', 'IBD-PSC'),
+    'teco': DetectorSpec(teco.make, 'labels', False, False, 'Liu et al., CVPR 2023 (TeCo)',
+                         'TeCo'),
 }
+DEFAULT = 'scaleup'
 NAMES = tuple(SPECS)
 ALIASES = {'scale-up': 'scaleup', 'ibd-psc': 'ibd_psc', 'ibdpsc': 'ibd_psc'}
 
@@ -148,15 +229,46 @@ def make(name: str, apply_fn: Callable, variables=None, *, key, benign_images=No
     raise InputError(f'detector {name!r} is white-box: pass the trained variables')
   if key is None:
     raise InputError('a PRNG key is required (key=jax.random.key(seed) or an int seed)')
-  import inspect
-  params = inspect.signature(s.factory).parameters
-  unknown = sorted(k for k in options if k not in params)
+  allowed = s.option_names()
+  unknown = sorted(k for k in options if k not in allowed)
   if unknown:
-    allowed = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY or p.default is not p.empty]
-    allowed = [k for k in allowed if k not in ('key', 'benign_images', 'benign_labels', 'variables')]
-    raise InputError(f'detector {name!r} has no option(s) {unknown}; its options: {allowed}')
+    raise InputError(f'detector {name!r} has no option(s) {unknown}; its options: {list(allowed)}')
   return s.factory(apply_fn, variables, key=common.default_key(key), benign_images=benign_images,
                    benign_labels=benign_labels, **options)
+
+
+def modes(name: str) -> tuple:
+  """The score modes of detector ``name`` (as its built :class:`Detector` names them)."""
+  s = spec(name)
+  return tuple(s.modes) or (canonical_name(name),)
+
+
+def table_columns(name: str) -> list[tuple[str, str, str]]:
+  """``(column title, detector, mode)`` of ``name`` in comparison tables.
+
+  One column titled with the registry name for a single-score detector; one per
+  table mode, ``'<title> (<mode>)'``, otherwise (``'SCALE-UP (data-free)'``).
+  """
+  n, s = canonical_name(name), spec(name)
+  picked = tuple(s.table_modes) or modes(n)
+  if picked == (n,):
+    return [(n, n, n)]
+  return [(f'{s.title} ({m})', n, m) for m in picked]
+
+
+def select_modes(name: str, mode: str) -> tuple:
+  """The modes of ``name`` that ``mode`` asks for: ``'both'``/``'all'`` = every mode, else
+  the mode itself and its variants (``'data-limited'`` -> ``'data-limited'``,
+  ``'data-limited-global'``); InputError naming the detector's modes if none matches.
+  """
+  have = modes(name)
+  if mode in ('both', 'all'):
+    return have
+  picked = tuple(m for m in have if m == mode or m.startswith(mode + '-'))
+  if not picked:
+    raise InputError(f'detector {canonical_name(name)!r} has no mode {mode!r}; its modes: '
+                     f'{list(have)} (or "both" for all)')
+  return picked
 
 
 def describe() -> str:

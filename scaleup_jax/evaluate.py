@@ -33,7 +33,7 @@ from scaleup_jax import jpeg
 from scaleup_jax import paths
 from scaleup_jax import scaleup
 from scaleup_jax.batching import map_batches
-from scaleup_jax.metrics import detection_metrics, roc_points
+from scaleup_jax.metrics import auroc, detection_metrics, roc_points
 from scaleup_jax.validation import InputError
 
 # The zoo as found from the working directory or the install (scaleup_jax.paths).
@@ -379,9 +379,8 @@ def _check_options(opts: DetectOptions) -> None:
     raise InputError(f'unknown group_by {opts.group_by!r}; expected one of {scaleup.GROUP_BY}')
   resolve_protocol(opts)  # an unknown protocol or a conflicting option fails here
   scaleup.resolve_method(opts.method, opts.batch_size)  # an unknown method fails here
-  name = detectors.canonical_name(opts.detector)
-  if name != 'scaleup' and opts.mode == 'data-limited':
-    raise InputError(f"--mode data-limited is SCALE-UP's; detector {name!r} has one score")
+  detectors.select_modes(opts.detector, opts.mode)  # an unknown detector or mode fails here
+  detector_options(opts)  # an option the detector does not take fails here
   _check_operating_options(opts)
 
 
@@ -419,28 +418,56 @@ def prepare_eval_set(opts: DetectOptions) -> EvalSet:
                  arrays.poisoned_images, arrays.num_poisoned, arrays.asr, opts.protocol)
 
 
-def _build_detector(opts: DetectOptions, ev: EvalSet, scales):
-  """``(detect(images) -> (preds, scores), forwards_per_image, config)`` for ``opts.detector``."""
+# DetectOptions fields that are detector options (passed to detectors.make when the
+# detector takes them; an error when set for one that does not).
+_DETECTOR_FIELDS = ('scales', 'dense_scales', 'method', 'data_limited_form', 'group_by')
+
+
+def detector_options(opts: DetectOptions) -> dict:
+  """The keyword options for ``detectors.make(opts.detector, ...)``.
+
+  ``opts.detector_options`` plus the fields of :data:`_DETECTOR_FIELDS` that the
+  detector takes (``--scales`` for SCALE-UP). A field set away from its default
+  for a detector that does not take it, or given twice with two values, raises.
+  """
   name = detectors.canonical_name(opts.detector)
-  if name == 'scaleup':
-    # One label matrix on the union of --scales and --dense_scales serves SPC and
-    # every finer label-only score (scaleup.label_score).
-    method = scaleup.resolve_method(opts.method, opts.batch_size)
-    grid = label_grid(opts)
-    labels = scaleup.make_label_matrix_fn(ev.run.apply_fn, grid, method)
-    return (lambda x: labels(ev.run.variables, x)), 1 + len(grid), {
-        'scales': [float(s) for s in scales], 'method': method, 'grid': list(grid)}
-  options = dict(opts.detector_options)
+  allowed = detectors.spec(name).option_names()
+  defaults = {f.name: f.default for f in dataclasses.fields(DetectOptions)}
+  out = dict(opts.detector_options)
+  for field in _DETECTOR_FIELDS:
+    value = getattr(opts, field)
+    if field in allowed:
+      if field in out and out[field] != value and value != defaults[field]:
+        raise InputError(f'{field} given twice for {name!r}: --{field} {value!r} and '
+                         f'--detector_options {field}={out[field]!r}')
+      out.setdefault(field, tuple(value) if isinstance(value, list) else value)
+    elif value != defaults[field]:
+      raise InputError(f'detector {name!r} has no option {field!r} (got --{field} {value!r}); '
+                       f'its options: {list(allowed)}')
+  return out
+
+
+def build_detector(opts: DetectOptions, ev: EvalSet) -> detectors.Detector:
+  """``detectors.make(opts.detector, ...)`` for the model and defender images of ``ev``.
+
+  The detector's key is ``fold_in(key(opts.seed), 7)``.
+  """
   defense = ev.defense
-  det = detectors.make(name, ev.run.apply_fn, ev.run.variables,
-                       key=jax.random.fold_in(jax.random.key(opts.seed), 7),
-                       benign_images=defense.images if len(defense) else None,
-                       benign_labels=defense.labels if len(defense) else None, **options)
-  return (lambda x: det(ev.run.variables, x)), det.forwards_per_image, det.config
+  return detectors.make(opts.detector, ev.run.apply_fn, ev.run.variables,
+                        key=jax.random.fold_in(jax.random.key(opts.seed), 7),
+                        benign_images=defense.images if len(defense) else None,
+                        benign_labels=defense.labels if len(defense) else None,
+                        **detector_options(opts))
 
 
 def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> dict:
   """Runs a detector on a run directory's test set; see the module docstring.
+
+  Every registered detector goes the same way: :func:`build_detector`, its
+  ``raw`` outputs batched over the held-out benign, poisoned and (when a mode is
+  fitted or operating points are asked for) defender images, ``fit`` on the
+  defender's outputs, ``score`` for every mode; operating points for a detector
+  whose outputs are label matrices.
 
   Args:
     opts: the options (``opts.detector`` picks SCALE-UP or a baseline).
@@ -453,33 +480,41 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
   _check_options(opts)
   opts = resolve_protocol(opts)
   name = detectors.canonical_name(opts.detector)
-  scales = scaleup.check_scales(opts.scales)
+  title = detectors.spec(name).title
+  wanted = detectors.select_modes(name, opts.mode)
   ev = eval_set if eval_set is not None else prepare_eval_set(opts)
   run, benign, shape = ev.run, ev.benign, ev.benign.images.shape[1:]
   ckpt, cfg = run.path, run.config
   t0 = time.perf_counter()
-  detect, forwards, det_config = _build_detector(opts, ev, scales)
+  det = build_detector(opts, ev)
   build_s = time.perf_counter() - t0
+  raw = lambda x: det.raw(run.variables, x)
   run_batches = lambda images, desc: scaleup.detect_batched(
-      detect, images, opts.batch_size, None, shape, opts.progress, desc)
+      raw, images, opts.batch_size, None, shape, opts.progress, desc)
 
   t0 = time.perf_counter()
   warm = ev.benign_images
   warm = warm[: opts.batch_size] if len(warm) >= opts.batch_size else np.resize(
       warm, (opts.batch_size, *shape))
-  jax.block_until_ready(detect(warm))
+  jax.block_until_ready(raw(warm))
   compile_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   b_out = run_batches(ev.benign_images, 'benign')
   p_out = run_batches(ev.poisoned_images, 'poisoned')
   seconds = time.perf_counter() - t0
-  if name == 'scaleup':  # label matrices; SPC from the --scales columns
-    grid = tuple(det_config['grid'])
-    b_lm, p_lm = b_out, p_out
-    (b_pred, b_score), (p_pred, p_score) = (_preds_and_spc(lm, grid, scales) for lm in (b_lm, p_lm))
-  else:
-    (b_pred, b_score), (p_pred, p_score) = b_out, p_out
+  calibrates = det.outputs == 'label_matrix' and bool(opts.alphas)
+  fitted = [m for m in wanted if m in det.fitted_modes]
+  if fitted and len(ev.defense_idx) == 0:
+    raise InputError(f'mode(s) {fitted} of {title} need defender images; '
+                     '--num_defense_per_class is 0')
+  d_out = state = None
+  if len(ev.defense_idx) and (fitted or calibrates):
+    d_out = run_batches(ev.test.images[ev.defense_idx], 'defender')
+  if fitted:
+    state = det.fit(d_out, ev.test.labels[ev.defense_idx], ev.test.num_classes)
+  b_pred, b_scores = det.score(b_out, state)
+  p_pred, p_scores = det.score(p_out, state)
   n_scored = len(ev.benign_images) + len(ev.poisoned_images)
 
   ba = float(np.mean(b_pred[: len(benign)] == benign.labels))
@@ -493,10 +528,9 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
 
   result = {
       'ckpt': str(ckpt), 'attack': cfg.attack, 'model': cfg.model, 'detector': name,
-      'detector_config': det_config, 'target_label': run.target,
-      'scales': [float(s) for s in scales] if name == 'scaleup' else None,
-      'method': det_config['method'] if name == 'scaleup' else None, 'seed': opts.seed, 'ba': ba,
-      'asr': asr, 'num_benign': int(len(ev.benign_images)),
+      'detector_config': det.config, 'target_label': run.target,
+      'scales': det.config.get('scales'), 'method': det.config.get('method'), 'seed': opts.seed,
+      'ba': ba, 'asr': asr, 'num_benign': int(len(ev.benign_images)),
       'num_poisoned_total': int(len(ev.poisoned_images)),
       'positives': 'all poisoned' if opts.keep_all_poisoned else 'successfully attacked poisoned',
       'num_positives': int(keep.sum()), 'noise_copies': opts.noise_copies,
@@ -506,54 +540,34 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
       'detection': {},
       'throughput': {'images_per_second': n_scored / seconds, 'seconds': seconds,
                      'images': n_scored, 'batch_size': opts.batch_size,
-                     'forwards_per_image': forwards, 'compile_seconds': compile_s,
+                     'forwards_per_image': det.forwards_per_image, 'compile_seconds': compile_s,
                      'build_seconds': build_s, 'device': jax.devices()[0].device_kind},
   }
-  if name != 'scaleup':
-    scores = {name: (b_score, p_score[keep])}
-  else:
-    b_spc, p_spc = b_score, p_score
-    scores = {'data-free': (b_spc, p_spc[keep])}
-    d_lm = None
-    if len(ev.defense_idx) and (opts.alphas or opts.mode != 'data-free'):
-      d_lm = run_batches(ev.test.images[ev.defense_idx], 'defender')
-    if opts.mode in ('data-limited', 'both'):
-      if len(ev.defense_idx) == 0:
-        raise InputError('data-limited mode needs defender images; --num_defense_per_class is 0')
-      d_pred, d_spc = _preds_and_spc(d_lm, grid, scales)
-      stats = scaleup.fit_class_stats(d_spc, d_pred, ev.test.num_classes, num_scales=len(scales),
-                                      labels=ev.test.labels[ev.defense_idx], group_by=opts.group_by)
-      form = opts.data_limited_form
-      scores['data-limited'] = (scaleup.data_limited_scores(b_spc, b_pred, stats, form),
-                                scaleup.data_limited_scores(p_spc, p_pred, stats, form)[keep])
-      scores['data-limited-global'] = (scaleup.global_scores(b_spc, stats),
-                                       scaleup.global_scores(p_spc, stats)[keep])
-      result['num_defense'] = int(len(ev.defense_idx))
-      result['class_stats'] = {'mean': stats.mean.tolist(), 'std': stats.std.tolist(),
-                               'count': stats.count.tolist(), 'min_std': stats.min_std,
-                               'balance': stats.balance, 'group_by': stats.group_by}
-      result['data_limited_form'] = form
-    if opts.mode == 'data-limited':
-      scores.pop('data-free')
+  if state is not None:
+    result['num_defense'] = int(len(ev.defense_idx))
+    if det.describe_state is not None:
+      result.update(det.describe_state(state))
+  scores = {m: (b_scores[m], p_scores[m][keep]) for m in wanted}
   for mode_name, (b, p) in scores.items():
     result['detection'][mode_name] = detection_metrics(b, p)
-  if name == 'scaleup' and opts.alphas:
+  if calibrates:
     result['operating_points'], result['calibration'] = operating_points(
-        opts, ev, grid, d_lm, b_lm, p_lm[keep])
+        opts, ev, tuple(det.config['grid']), d_out, b_out, p_out[keep])
 
-  default_name = 'detect.json' if name == 'scaleup' else f'detect_{name}.json'
+  first = detectors.select_modes(name, 'both')[0]
+  b_first, p_first = b_scores[first], p_scores[first]
+  default_name = 'detect.json' if name == detectors.DEFAULT else f'detect_{name}.json'
   out = Path(opts.out) if opts.out else Path('runs/detect') / ckpt.name / default_name
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
   from scaleup_jax import integrity  # atomic, with a checksum: integrity.load_npz_checked(path, 'scores')
-  integrity.save_npz_checked(out.with_suffix('.scores.npz'), 'scores', benign_score=b_score,
-                             benign_pred=b_pred, poisoned_score=p_score, poisoned_pred=p_pred,
+  integrity.atomic_write_text(out, json.dumps(result, indent=2))
+  integrity.save_npz_checked(out.with_suffix('.scores.npz'), 'scores', benign_score=b_first,
+                             benign_pred=b_pred, poisoned_score=p_first, poisoned_pred=p_pred,
                              successful=success)
   result['json_path'] = str(out)
   if opts.plot:
-    title = ckpt.name if name == 'scaleup' else f'{ckpt.name} ({name})'
-    result['plot_path'] = str(plot_scores(scores, out.with_suffix('.png'), title,
-                                          'SCALE-UP' if name == 'scaleup' else name))
+    label = ckpt.name if name == detectors.DEFAULT else f'{ckpt.name} ({name})'
+    result['plot_path'] = str(plot_scores(scores, out.with_suffix('.png'), label, title))
   return result
 
 
@@ -596,10 +610,11 @@ def format_summary(result: dict) -> str:
   rate that is zero or undefined in one line. The JSON (``result``) carries
   the same numbers.
   """
-  det = result.get('detector', 'scaleup')
+  det = result.get('detector', detectors.DEFAULT)
+  title = detectors.spec(det).title
   target = result.get('target_label')
   lines = [f"model {result['ckpt']}  (attack {result.get('attack')}, backdoor target class {target})  "
-           f"detector {'SCALE-UP' if det == 'scaleup' else det}",
+           f"detector {title}",
            f"BA {result['ba']:.4f} (benign accuracy on the evaluation images)   "
            f"ASR {result['asr']:.4f} (fraction of triggered images sent to the target)",
            f"negatives: {result['num_benign']} benign evaluation images   positives: "
@@ -609,9 +624,8 @@ def format_summary(result: dict) -> str:
   lines.append(f"  {'score':<48}{'AUROC':>7}")
   for name, m in result['detection'].items():
     lines.append(f"  {_mode_words(name):<48}{m['auroc']:>7.4f}")
-  if det == 'scaleup':
-    lines.append('  * the paper\'s SCALE-UP: data-free = Eq. 1-2, data-limited = Eq. 3-4; '
-                 'the global variant is a monotone map of SPC (same AUROC).')
+  if any(m in _MODE_NOTES for m in result['detection']):
+    lines.append(_MODE_NOTES[next(m for m in result['detection'] if m in _MODE_NOTES)])
   ops = result.get('operating_points')
   cal = result.get('calibration') or {}
   if ops:
@@ -643,11 +657,11 @@ def format_summary(result: dict) -> str:
                  + ('yes' if all(op['within_sampling_error'] for e in ops.values()
                                  for op in e['alphas'].values()) else
                     'NO (see the readings above)'))
-  elif det == 'scaleup' and cal.get('note'):
+  elif cal.get('note'):
     lines += ['', f"Operating points: {cal['note']}"]
-  elif det != 'scaleup':
-    lines += ['', 'Operating points are calibrated for SCALE-UP\'s label-only scores only; '
-              'the JSON holds this detector\'s AUROC and its deterministic TPR at 1% / 5% FPR.']
+  elif not result.get('detector_config', {}).get('grid'):
+    lines += ['', f'Operating points are calibrated for label-matrix scores (SCALE-UP\'s) only; '
+              f'the JSON holds {title}\'s AUROC and its deterministic TPR at 1% / 5% FPR.']
   t = result['throughput']
   lines += ['', f"throughput {t['images_per_second']:.1f} images/s "
             f"(batch {t['batch_size']}, {t['forwards_per_image']} forward passes each, "
@@ -661,6 +675,11 @@ _MODE_WORDS = {
     'data-limited': '* data-limited, per-class standardised (Eq. 3-4)',
     'data-limited-global': '  data-limited, one global mean/std (BackdoorBox)',
 }
+
+
+_MODE_NOTES = {m: ('  * the paper\'s SCALE-UP: data-free = Eq. 1-2, data-limited = Eq. 3-4; '
+                   'the global variant is a monotone map of SPC (same AUROC).')
+               for m in ('data-free', 'data-limited')}
 
 
 def _mode_words(name: str) -> str:
@@ -706,16 +725,6 @@ class ScoreVariant:
   label: str
   paper: str | None = None
   base: str = 'spc'
-
-
-def label_grid(opts: DetectOptions) -> tuple:
-  """Ascending union of ``opts.scales`` and ``opts.dense_scales``: the label matrix's columns."""
-  return scaleup.query_grid(opts.scales, opts.dense_scales)
-
-
-def _preds_and_spc(lm, grid, scales):
-  sub, _ = scaleup.select_factors(lm, grid, sorted({float(s) for s in np.asarray(scales).tolist()}))
-  return sub[:, 0], scaleup.spc_from_labels(sub)
 
 
 def _check_operating_options(opts: DetectOptions) -> None:
@@ -805,7 +814,6 @@ def operating_points(opts: DetectOptions, ev: EvalSet, grid, d_lm, b_lm, p_lm):
     record['note'] = ('none: --num_defense_per_class 0 leaves no benign images to calibrate a '
                       'threshold on')
     return {}, record
-  from sklearn.metrics import roc_auc_score
   run, shape = ev.run, ev.benign.images.shape[1:]
   d_labels = ev.test.labels[ev.defense_idx]
   fit = fit_calibration_split(d_labels)
@@ -813,7 +821,6 @@ def operating_points(opts: DetectOptions, ev: EvalSet, grid, d_lm, b_lm, p_lm):
   record.update(num_calibration=int(len(d_lm)), num_fit=int(fit.sum()), saturation_label=sat)
   key = jax.random.fold_in(jax.random.key(opts.seed), 23)
   fingerprint = calibration.model_fingerprint(run.variables) if opts.save_detectors else None
-  y = np.r_[np.zeros(len(b_lm)), np.ones(len(p_lm))]
   points = {}
   for i, v in enumerate(score_variants(opts.mode, opts.scales, opts.dense_scales)):
     sub = lambda lm: scaleup.select_factors(lm, grid, v.factors)[0]
@@ -828,7 +835,7 @@ def operating_points(opts: DetectOptions, ev: EvalSet, grid, d_lm, b_lm, p_lm):
              'forwards_per_image': scaleup.score_forwards(v.factors),
              'per_model_forwards': 1 if v.score == 'spc_sat' else 0,
              'num_calibration': int(cal_mask.sum()), 'num_fit': int(fit.sum()) if fitted else 0,
-             'auroc': float(roc_auc_score(y, np.r_[b, p])), 'alphas': {}}
+             'auroc': auroc(b, p), 'alphas': {}}
     for j, a in enumerate(opts.alphas):
       thr = calibration.calibrate_threshold(cal, a, rule)
       entry['alphas'][f'{a:g}'] = calibration.operating_point(

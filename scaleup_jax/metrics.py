@@ -6,6 +6,24 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from scaleup_jax.scaleup import rates_at_threshold, threshold_for_fpr
+from scaleup_jax.validation import InputError
+
+
+def auroc(benign_scores, poisoned_scores) -> float:
+  """AUROC of ``poisoned`` (positives) against ``benign`` (negatives): the project's one AUROC.
+
+  ``P(poisoned > benign) + P(poisoned == benign) / 2`` over all pairs
+  (``sklearn.metrics.roc_auc_score``).
+
+  Example:
+    >>> auroc([0.1, 0.5], [0.5, 0.9])
+    0.875
+  """
+  b = np.asarray(benign_scores, np.float64).reshape(-1)
+  p = np.asarray(poisoned_scores, np.float64).reshape(-1)
+  if b.size == 0 or p.size == 0:
+    raise InputError(f'AUROC needs benign and poisoned scores; got {b.size} and {p.size}')
+  return float(roc_auc_score(np.r_[np.zeros(b.size), np.ones(p.size)], np.r_[b, p]))
 
 
 def detection_metrics(benign_scores, poisoned_scores, fprs=(0.01, 0.05)) -> dict:
@@ -22,12 +40,9 @@ def detection_metrics(benign_scores, poisoned_scores, fprs=(0.01, 0.05)) -> dict
   """
   b = np.asarray(benign_scores, np.float64)
   p = np.asarray(poisoned_scores, np.float64)
-  if b.size == 0 or p.size == 0:
-    raise ValueError(f'need benign and poisoned scores; got {b.size} and {p.size}')
+  out = {'auroc': auroc(b, p), 'num_benign': int(b.size), 'num_poisoned': int(p.size)}
   y = np.concatenate([np.zeros(b.size), np.ones(p.size)])
   s = np.concatenate([b, p])
-  out = {'auroc': float(roc_auc_score(y, s)), 'num_benign': int(b.size),
-         'num_poisoned': int(p.size)}
   for fpr in fprs:
     r = rates_at_threshold(b, p, threshold_for_fpr(b, fpr))
     out[f'tpr@{fpr:g}fpr'] = r['tpr']

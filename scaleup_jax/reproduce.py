@@ -65,12 +65,16 @@ from scaleup_jax import evaluate, scaleup
 from scaleup_jax import paper as paper_lib
 from scaleup_jax import paths
 from scaleup_jax.batching import map_batches
-from scaleup_jax.metrics import detection_metrics, roc_points
+from scaleup_jax.metrics import auroc, detection_metrics, roc_points
 from scaleup_jax.validation import InputError, check_images, check_scales
 
 ZOO = evaluate.ZOO
 CLEAN_CKPT = ZOO / 'cifar10_clean_resnet20'
 SWEEPS = ZOO / 'sweeps'
+# The base point shared by the poisoning-rate and trigger-size sweeps (paper Fig. 7);
+# train/configs/badnets_sweep_resnet20.py trains with it.
+SWEEP_BASE_RATE = 0.1
+SWEEP_BASE_SIZE = 3
 ADAPTIVE_CKPT = ZOO / 'cifar10_adaptive_resnet20'
 EXPERIMENTS = ('table1', 'fig2', 'fig3', 'roc', 'ablation_scales', 'ablation_defense_size',
                'ablation_noise', 'poison_rate', 'trigger_size', 'adaptive')
@@ -211,7 +215,7 @@ def bootstrap_auroc(benign_scores, poisoned_scores, num_resamples: int = 1000, s
   nb, np_ = b.size, p.size
   lo = np.searchsorted(b, p, side='left')  # benign scores strictly below each positive
   hi = np.searchsorted(b, p, side='right')  # ... below or equal
-  point = float(np.mean(lo + 0.5 * (hi - lo)) / nb)
+  point = auroc(b, p)  # the project's one AUROC; the resamples use the same formula on counts
   rng = np.random.default_rng(seed)
   aucs = []
   for start in range(0, num_resamples, chunk):
@@ -229,25 +233,19 @@ def bootstrap_auroc(benign_scores, poisoned_scores, num_resamples: int = 1000, s
 
 
 def slice_label_matrix(label_matrix, all_scales: Sequence[float], subset: Sequence[float]):
-  """Columns of a label matrix for a subset of its scales.
+  """Columns of a label matrix on ``all_scales`` for a subset of its scales.
 
-  Args:
-    label_matrix: ``(B, 1 + S)`` from :func:`scaleup_jax.scaleup.scaleup_labels`
-      with scales ``all_scales`` (column 0 is the unscaled prediction).
-    all_scales: the ``S`` scales of the columns ``1..S``.
-    subset: scales to keep, each in ``all_scales``.
-
-  Returns:
-    ``(B, 1 + len(subset))``: column 0, then the columns of ``subset`` in its
-    order; ``spc_from_labels`` of it equals SCALE-UP run with ``subset``.
+  :func:`scaleup_jax.scaleup.select_factors` (column 0 kept, the subset in
+  ascending order); ``spc_from_labels`` of it equals SCALE-UP run with ``subset``.
   """
-  all_scales = [float(s) for s in all_scales]
-  missing = [float(s) for s in subset if float(s) not in all_scales]
-  if missing or len(subset) == 0:
-    raise InputError(f'scale subset {list(subset)} must be non-empty and within {all_scales}; '
+  if len(subset) == 0:
+    raise InputError(f'scale subset must be non-empty and within {list(all_scales)}')
+  missing = [float(s) for s in subset if float(s) not in [float(a) for a in all_scales]]
+  if missing:
+    raise InputError(f'scale subset {list(subset)} must lie within {list(all_scales)}; '
                      f'missing {missing}')
-  cols = [0] + [1 + all_scales.index(float(s)) for s in subset]
-  return np.asarray(label_matrix)[:, cols]
+  return scaleup.select_factors(label_matrix, tuple(sorted(float(a) for a in all_scales)),
+                                sorted({float(s) for s in subset}))[0]
 
 
 # ------------------------------------------------------------------ model queries
@@ -255,12 +253,14 @@ def slice_label_matrix(label_matrix, all_scales: Sequence[float], subset: Sequen
 
 def label_matrix(apply_fn: Callable, variables, images, scales=ALL_SCALES, batch_size: int = 256,
                  progress: bool = False, desc: str = 'labels') -> np.ndarray:
-  """``(N, 1 + S)`` int32 SCALE-UP label matrix of a model over any number of images."""
-  images = check_images(images)
-  scales = tuple(float(s) for s in check_scales(scales))
-  fn = jax.jit(lambda v, x: scaleup.scaleup_labels(
-      scaleup.classifier_from_logits(apply_fn, v), x, scales))
-  return map_batches(lambda x: fn(variables, x), images, batch_size, desc, progress)
+  """``(N, 1 + S)`` int32 label matrix on the ascending ``scales``, from the registry's SCALE-UP.
+
+  The same compiled path as ``eval.detect`` (``detectors.make('scaleup')``'s ``raw``).
+  """
+  grid = scaleup.check_factors(sorted(float(s) for s in check_scales(scales)))
+  det = detectors_lib.make('scaleup', apply_fn, key=0, scales=grid)
+  return scaleup.detect_batched(lambda x: det.raw(variables, x), images, batch_size,
+                                progress=progress, desc=desc)
 
 
 def scaled_confidences(apply_fn: Callable, variables, images, factors=FIG2_FACTORS,
@@ -288,7 +288,7 @@ def scaled_confidences(apply_fn: Callable, variables, images, factors=FIG2_FACTO
 
   @jax.jit
   def fn(v, x):
-    pred = jnp.argmax(apply_fn(v, x), axis=-1)
+    pred = scaleup.predict_labels(apply_fn, v, x)
 
     def at(n):
       prob = jax.nn.softmax(apply_fn(v, jnp.clip(n * x, 0.0, 1.0)).astype(jnp.float32), axis=-1)
@@ -304,10 +304,11 @@ def noise_label_matrix(apply_fn: Callable, variables, images, stds: Sequence[flo
   """Label matrices with additive Gaussian noise in place of amplification.
 
   For every ``std`` in ``stds``, column 0 is the prediction on ``x`` and column
-  ``j`` the prediction on ``clip(x + std * e_j, 0, 1)`` with ``e_j ~ N(0, I)``.
-  Image ``i`` at the ``t``-th std draws its noise from
-  ``fold_in(fold_in(key, t), i)``, so the result does not depend on
-  ``batch_size``; one compiled function serves every std.
+  ``j`` the prediction on the ``j``-th Gaussian copy of
+  :func:`scaleup_jax.evaluate.add_noise_copies` (``clip(x + std e_j, 0, 1)``,
+  ``e_j ~ N(0, I)``, key ``fold_in(key, t)`` at the ``t``-th std): the noise of
+  the evaluation sets, so the result does not depend on ``batch_size``.
+  Labels come from ``train.predict_labels`` (one compiled function).
 
   Args:
     apply_fn: ``(variables, images (B, H, W, C)) -> logits (B, K)``.
@@ -321,31 +322,23 @@ def noise_label_matrix(apply_fn: Callable, variables, images, stds: Sequence[flo
 
   Returns:
     int32 ``(T, N, 1 + copies)``; each ``[t]`` is a label matrix for
-    :func:`scaleup_jax.scaleup.spc_from_labels`.
+    :func:`scaleup_jax.scaleup.consistency_scores`.
   """
+  from scaleup_jax import train as train_lib
   images = check_images(images)
   if copies < 1:
     raise InputError(f'copies must be >= 1; got {copies}')
-  shape = images.shape[1:]
-
-  @jax.jit
-  def fn(v, x, idx, s, k):
-    keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(idx)
-    noise = jax.vmap(lambda kk: jax.random.normal(kk, (copies, *shape)))(keys)  # (B, c, H, W, C)
-    classify = lambda z: jnp.argmax(apply_fn(v, z), axis=-1).astype(jnp.int32)
-    noisy = jax.lax.map(lambda e: classify(jnp.clip(x + s * e, 0.0, 1.0)),
-                        jnp.moveaxis(noise, 1, 0))  # (c, B)
-    return jnp.concatenate([classify(x)[:, None], noisy.T], axis=1)
-
-  idx = np.arange(images.shape[0], dtype=np.int32)
+  n = images.shape[0]
+  preds = np.asarray(train_lib.predict_labels(apply_fn, variables, images, batch_size), np.int32)
   out = []
   for t, std in enumerate(stds):
     if std < 0:
       raise InputError(f'noise std must be >= 0; got {std}')
-    k = jax.random.fold_in(key, t)
-    out.append(map_batches(lambda i: fn(variables, images[i], i, jnp.float32(std), k), idx,
-                           batch_size, f'noise {std:g}', progress))
-  return np.stack(out)
+    noisy = evaluate.add_noise_copies(jax.random.fold_in(key, t), images, copies, 'gaussian',
+                                      float(std))
+    labels = np.asarray(train_lib.predict_labels(apply_fn, variables, noisy, batch_size, progress))
+    out.append(np.concatenate([preds[:, None], labels.reshape(copies, n).T], axis=1))
+  return np.stack(out).astype(np.int32)
 
 
 # ------------------------------------------------------------------ shared state
@@ -440,23 +433,20 @@ def _consistency_scores(lms: dict, target: int, num_classes: int, defense_mask=N
                         all_poisoned: bool = False) -> dict:
   """Data-free and data-limited scores from ``{'benign', 'poisoned', 'defense'}`` label matrices.
 
-  Positives are the poisoned images predicted (column 0) as ``target``, or
-  every poisoned image with ``all_poisoned``; the data-limited statistics are
-  fit on the defender images (``defense_mask``).
+  The library's one scorer (:func:`scaleup_jax.scaleup.fit_consistency` and
+  :func:`~scaleup_jax.scaleup.consistency_scores`, which the registry's
+  ``scaleup`` detector also calls). Positives are the poisoned images predicted
+  (column 0) as ``target``, or every poisoned image with ``all_poisoned``; the
+  data-limited statistics are fit on the defender images (``defense_mask``).
   """
-  spc = {k: scaleup.spc_from_labels(v) for k, v in lms.items()}
-  pred = {k: v[:, 0] for k, v in lms.items()}
-  fooled = pred['poisoned'] == target
-  if all_poisoned:
-    fooled = np.ones_like(fooled)
+  d = np.ones(len(lms['defense']), bool) if defense_mask is None else defense_mask
+  stats = scaleup.fit_consistency(lms['defense'][d], num_classes)
+  _, benign = scaleup.consistency_scores(lms['benign'], stats)
+  p_pred, poisoned = scaleup.consistency_scores(lms['poisoned'], stats)
+  fooled = np.ones(len(p_pred), bool) if all_poisoned else p_pred == target
   if not fooled.any():
     raise InputError('no poisoned image is classified as the target (ASR = 0): no positives')
-  d = np.ones(len(spc['defense']), bool) if defense_mask is None else defense_mask
-  stats = scaleup.fit_class_stats(spc['defense'][d], pred['defense'][d], num_classes,
-                                  num_scales=lms['defense'].shape[1] - 1)
-  dl = {k: scaleup.data_limited_scores(spc[k], pred[k], stats) for k in ('benign', 'poisoned')}
-  return {'data-free': (spc['benign'], spc['poisoned'][fooled]),
-          'data-limited': (dl['benign'], dl['poisoned'][fooled])}
+  return {m: (benign[m], poisoned[m][fooled]) for m in ('data-free', 'data-limited')}
 
 
 # ------------------------------------------------------------------ outputs
@@ -990,8 +980,8 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
 def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
   """Finished BadNets sweep runs under ``sweeps``: ``kind='rate'`` gives those
   with the sweep's base trigger size, ``kind='size'`` those with its base rate
-  (``train/configs/badnets_sweep_resnet20.py``)."""
-  from train.configs import badnets_sweep_resnet20 as sweep_cfg
+  (:data:`SWEEP_BASE_SIZE`, :data:`SWEEP_BASE_RATE`, the base point of
+  ``train/configs/badnets_sweep_resnet20.py``)."""
   if not Path(sweeps).is_dir():
     return []
   out = []
@@ -1000,8 +990,8 @@ def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
     size = (config.get('attack_kwargs') or {}).get('size')
     if config.get('attack') != 'badnets':
       continue
-    if (kind == 'rate' and size == sweep_cfg.BASE_SIZE) or (
-        kind == 'size' and np.isclose(config.get('poison_rate', -1), sweep_cfg.BASE_RATE)):
+    if (kind == 'rate' and size == SWEEP_BASE_SIZE) or (
+        kind == 'size' and np.isclose(config.get('poison_rate', -1), SWEEP_BASE_RATE)):
       out.append(p)
   return out
 

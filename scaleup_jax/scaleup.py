@@ -106,14 +106,14 @@ def scaleup_labels(classify_fn: Callable, images, scales, method: str = 'vmap'):
     scales: ``(S,)`` amplification factors, each >= 1.
     method: ``'vmap'`` runs the unscaled and all scaled copies as one batch of
       ``(1 + S) * B`` images; ``'map'`` runs them one after another with
-      ``lax.map`` (less memory; on some CPUs faster, see ``eval.bench``).
+      ``lax.map`` (less memory; on some CPUs faster, see ``eval.bench``);
+      ``'auto'`` picks one for this batch size at trace time (:func:`resolve_method`).
 
   Returns:
     int32 ``(B, 1 + S)``: column 0 is ``C(x)``, column ``j`` is
     ``C(clip(scales[j-1] * x, 0, 1))``.
   """
-  if method not in METHODS:
-    raise InputError(f'unknown method {method!r}; expected one of {METHODS}')
+  method = resolve_method(method, images.shape[0])
   scales = jnp.asarray(scales, images.dtype)
   chex.assert_rank(images, 4)
   chex.assert_rank(scales, 1)
@@ -130,9 +130,18 @@ def scaleup_labels(classify_fn: Callable, images, scales, method: str = 'vmap'):
   return labels.T
 
 
+def predict_labels(apply_fn: Callable, variables, images):
+  """int32 ``(B,)`` ``argmax`` of ``apply_fn(variables, images)``: the model's label (traceable).
+
+  The one definition of "the label the model gives"; jit it with ``apply_fn``
+  static (``train.predict_labels`` does, batched over host images).
+  """
+  return jnp.argmax(apply_fn(variables, images), axis=-1).astype(jnp.int32)
+
+
 def classifier_from_logits(apply_fn: Callable, variables) -> Callable:
-  """``images -> argmax(apply_fn(variables, images))``."""
-  return lambda x: jnp.argmax(apply_fn(variables, x), axis=-1)
+  """``images -> predict_labels(apply_fn, variables, images)``."""
+  return lambda x: predict_labels(apply_fn, variables, x)
 
 
 def scaleup_detect(apply_fn: Callable, variables, images, scales=DEFAULT_SCALES,
@@ -172,8 +181,7 @@ def make_detector(apply_fn: Callable, scales: Sequence[float] = DEFAULT_SCALES,
   shape (see :func:`detect_batched` for padding).
   """
   scales = tuple(float(s) for s in check_scales(scales))
-  if method not in METHODS:
-    raise InputError(f'unknown method {method!r}; expected one of {METHODS}')
+  resolve_method(method, 1)  # an unknown method fails here, not at the first call
 
   def detect(variables, images):
     return scaleup_detect(apply_fn, variables, images, scales, method)
@@ -432,6 +440,49 @@ def global_scores(spc, stats: ClassStats):
   return (spc - stats.global_mean) / stats.global_std
 
 
+CONSISTENCY_MODES = ('data-free', 'data-limited', 'data-limited-global')
+
+
+def fit_consistency(defense_label_matrix, num_classes: int, *, labels=None,
+                    group_by: str = 'predicted') -> ClassStats:
+  """The data-limited statistics from the defender's label matrix ``(M, 1 + S)``.
+
+  :func:`fit_class_stats` of its SPC and column-0 predictions (``num_scales``
+  = S). The one data-limited fit: the ``scaleup`` detector and the experiments
+  call it.
+  """
+  lm = np.asarray(defense_label_matrix)
+  return fit_class_stats(spc_from_labels(lm), lm[:, 0], num_classes, num_scales=lm.shape[1] - 1,
+                         labels=labels, group_by=group_by)
+
+
+def consistency_scores(label_matrix, stats: ClassStats | None = None,
+                       form: str = 'standardised') -> tuple[np.ndarray, dict]:
+  """Every SCALE-UP score of a label matrix ``(N, 1 + S)``: the one scorer.
+
+  Args:
+    label_matrix: column 0 the unscaled label, then one column per query.
+    stats: from :func:`fit_consistency`; None gives the data-free score only.
+    form: the data-limited form (:data:`DATA_LIMITED_FORMS`).
+
+  Returns:
+    ``(preds (N,), {'data-free': SPC, 'data-limited': ..., 'data-limited-global': ...})``
+    (the data-limited entries only with ``stats``).
+
+  Example:
+    >>> preds, s = consistency_scores(np.array([[1, 1, 2], [0, 0, 0]]))
+    >>> preds.tolist(), s['data-free'].tolist()
+    ([1, 0], [0.5, 1.0])
+  """
+  lm = np.asarray(label_matrix)
+  preds, spc = lm[:, 0], np.asarray(spc_from_labels(lm))
+  out = {'data-free': spc}
+  if stats is not None:
+    out['data-limited'] = data_limited_scores(spc, preds, stats, form)
+    out['data-limited-global'] = global_scores(spc, stats)
+  return preds, out
+
+
 # ---------------------------------------------------------------- thresholds
 
 
@@ -515,8 +566,7 @@ def make_label_matrix_fn(apply_fn: Callable, factors: Sequence[float],
     >>> spc = label_score('spc', *select_factors(lm, grid, DEFAULT_SCALES))
   """
   factors = check_factors(factors)
-  if method not in METHODS:
-    raise InputError(f'unknown method {method!r}; expected one of {METHODS}')
+  resolve_method(method, 1)  # an unknown method fails here, not at the first call
 
   def labels(variables, images):
     return scaleup_labels(classifier_from_logits(apply_fn, variables), images, factors, method)
@@ -594,7 +644,7 @@ def saturation_label(apply_fn: Callable, variables, image_shape=(32, 32, 3)) -> 
   airplane (class 0) and so are most amplified benign images.
   """
   ones = jnp.ones((1, *image_shape), jnp.float32)
-  return int(jnp.argmax(apply_fn(variables, ones), axis=-1)[0])
+  return int(predict_labels(apply_fn, variables, ones)[0])
 
 
 def spc_sat_from_labels(label_matrix, saturation: int) -> np.ndarray:

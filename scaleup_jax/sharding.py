@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from scaleup_jax.batching import pad_to
-from scaleup_jax.scaleup import DEFAULT_SCALES, METHODS, scaleup_detect
+from scaleup_jax.scaleup import DEFAULT_SCALES, resolve_method, scaleup_detect
 from scaleup_jax.validation import InputError, check_scales
 
 AXIS = 'batch'
@@ -156,8 +156,7 @@ def make_sharded_detector(apply_fn: Callable, scales: Sequence[float] = DEFAULT_
     >>> preds, spc = detect(replicate(variables, detect.mesh), images)
   """
   scales = tuple(float(s) for s in check_scales(scales))
-  if method not in METHODS:
-    raise InputError(f'unknown method {method!r}; expected one of {METHODS}')
+  resolve_method(method, 1)  # an unknown method fails here
   mesh = local_mesh(axis_name=axis_name) if mesh is None else mesh
   if axis_name not in mesh.shape:
     raise InputError(f'mesh has axes {tuple(mesh.shape)}; expected an axis {axis_name!r}')

@@ -31,6 +31,7 @@ from scaleup_jax import data as data_lib
 from scaleup_jax import integrity
 from scaleup_jax import models
 from scaleup_jax import poison
+from scaleup_jax import scaleup
 from scaleup_jax.batching import map_batches
 
 
@@ -143,7 +144,7 @@ def make_batch_prep(batch_transform=None):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict(apply_fn, variables, images):
-  return jnp.argmax(apply_fn(variables, images), -1)
+  return scaleup.predict_labels(apply_fn, variables, images)
 
 
 def predict_labels(apply_fn, variables, images, batch_size: int = 500, progress=False):

@@ -97,13 +97,15 @@ def test_detect_cli_smoke(quick_run, tmp_path):
     (['--scales', '3,0.5'], 'scales must be >= 1'),
     (['--ckpt', '/nonexistent/ckpt'], "'/nonexistent/ckpt' does not exist"),
     (['--detector', 'strap'], "unknown detector 'strap'"),
-    (['--detector', 'strip', '--mode', 'data-limited'], "detector 'strip' has one score"),
+    (['--detector', 'strip', '--mode', 'data-limited'], "detector 'strip' has no mode 'data-limited'"),
+    (['--detector', 'strip', '--scales', '3,5'], "detector 'strip' has no option 'scales'"),
+    (['--detector_options', 'num_overlays=5'], "detector 'scaleup' has no option(s) ['num_overlays']"),
     (['--detector', 'strip', '--detector_options', 'num_overlays'], "'num_overlays' is not key=value"),
     (['--detector', 'strip', '--detector_options', 'overlays=5'], "detector 'strip' has no option(s) ['overlays']"),
 ])
 def test_detect_cli_bad_input_is_one_line(quick_run, args, message):
   base = ['--ckpt', str(quick_run)] if '--ckpt' not in args else []
-  r = run_detect(*base, *args, '--num_images', '16', '--noprogress', '--noplot', timeout=120)
+  r = run_detect(*base, *args, '--num_images', '16', '--noprogress', '--noplot', timeout=300)
   assert r.returncode == 2
   assert message in r.stderr and 'Traceback' not in r.stderr
 

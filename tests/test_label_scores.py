@@ -205,7 +205,7 @@ def test_summary_of_a_baseline_says_where_its_numbers_are():
   res.update(detector='strip', detection={'strip': {'auroc': 0.7}})
   res.pop('operating_points')
   text = evaluate.format_summary(res)
-  assert 'SCALE-UP\'s label-only scores only' in text and '0.7000' in text
+  assert 'calibrated for label-matrix scores (SCALE-UP\'s) only' in text and '0.7000' in text
 
 
 def test_operating_points_report_and_figure(tmp_path):

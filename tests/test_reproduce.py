@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import ROOT, requires_cifar
-from scaleup_jax import reproduce, scaleup, train
+from scaleup_jax import evaluate, reproduce, scaleup, train
 from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20
 
@@ -68,7 +68,7 @@ def _toy_classifier(x):
 def test_sliced_label_matrix_equals_recomputing_with_the_subset(subset):
   x = jax.random.uniform(jax.random.key(0), (64, 4, 4, 3)) * jnp.linspace(0.02, 0.5, 64)[:, None, None, None]
   full = np.asarray(scaleup.scaleup_labels(_toy_classifier, x, reproduce.ALL_SCALES))
-  direct = np.asarray(scaleup.scaleup_labels(_toy_classifier, x, subset))
+  direct = np.asarray(scaleup.scaleup_labels(_toy_classifier, x, sorted(subset)))
   sliced = reproduce.slice_label_matrix(full, reproduce.ALL_SCALES, subset)
   np.testing.assert_array_equal(sliced, direct)
   np.testing.assert_array_equal(scaleup.spc_from_labels(sliced), scaleup.spc_from_labels(direct))
@@ -167,6 +167,14 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   assert set(cis) == {'SCALE-UP (data-free)', 'SCALE-UP (data-limited)'}
   for ci in cis.values():
     assert ci['matches_compare'] and ci['low'] <= ci['auroc'] <= ci['high']
+  # Table 1's cells are eval.detect's AUROCs on the same model, images and seed (one path).
+  quick = reproduce.resolve_options(reproduce.ReproduceOptions(quick=True))
+  detect = evaluate.evaluate_detection(evaluate.DetectOptions(
+      ckpt=str(quick_run), num_images=quick.num_images, batch_size=quick.batch_size,
+      num_defense_per_class=quick.num_defense_per_class, seed=quick.seed, alphas=(),
+      out=str(tmp_path / 'detect.json'), plot=False, progress=False))
+  for title, mode in (('SCALE-UP (data-free)', 'data-free'), ('SCALE-UP (data-limited)', 'data-limited')):
+    assert cis[title]['auroc'] == detect['detection'][mode]['auroc'], title
   # The same split and scales give the same SCALE-UP AUROC in table1, roc and the S = {3..11} row.
   free = cis['SCALE-UP (data-free)']['auroc']
   assert exps['roc']['models'][quick_run.name]['data-free']['auroc'] == pytest.approx(free)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from scaleup_jax import poison
+from scaleup_jax import poison, scaleup
 from scaleup_jax.batching import map_batches, pad_to
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -529,7 +529,7 @@ def targeted_uap(
 
 @functools.partial(jax.jit, static_argnames=('apply_fn',))
 def _predict_with_delta(variables, images, delta, *, apply_fn):
-  return jnp.argmax(apply_fn(variables, jnp.clip(images + delta, 0.0, 1.0)), axis=-1)
+  return scaleup.predict_labels(apply_fn, variables, jnp.clip(images + delta, 0.0, 1.0))
 
 
 def uap_fooling_rate(

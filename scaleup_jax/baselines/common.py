@@ -20,6 +20,20 @@ A :class:`Detector` wraps one jit-compiled, pure core
 function returned by :func:`scaleup_jax.scaleup.make_detector`, so
 :func:`scaleup_jax.scaleup.detect_batched` batches and pads it unchanged (one
 compilation per batch shape).
+
+A detector with more than one score (SCALE-UP: data-free, data-limited) or a
+step fitted on the defender's benign images declares it instead of being
+special-cased by its callers. Its core may return any per-image array
+``outputs`` (SCALE-UP: the label matrix ``(B, 1 + F)``); then
+
+* ``head(outputs) -> (preds, scores)`` gives the default score,
+* ``fit(defense_outputs, defense_labels, num_classes) -> state`` learns what
+  the fitted modes need from the defender's images (``fitted_modes``),
+* ``score(outputs, state) -> (preds, {mode: scores})`` gives every mode
+  (``score_modes``); modes in ``fitted_modes`` only when ``state`` is given.
+
+Evaluation code runs ``raw`` batched, then ``fit`` and ``score``, the same for
+every registered detector (``scaleup_jax.evaluate``).
 """
 
 from __future__ import annotations
@@ -32,10 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaleup_jax.scaleup import predict_labels  # noqa: F401  (the baselines' label)
 from scaleup_jax.validation import InputError, check_images
 
 # What a detector needs from the suspect model.
 ACCESS = ('labels', 'probabilities', 'parameters', 'none')
+# What a detector's core returns per image (Detector.outputs).
+OUTPUTS = ('scores', 'label_matrix')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -57,6 +74,18 @@ class Detector:
       (Frequency's classifier), for throughput accounting.
     config: the resolved hyper-parameters (JSON-serialisable), including
       anything fitted on the benign set such as IBD-PSC's layer choice.
+    modes: names of the detector's scores; ``()`` means one, named ``name``.
+    head: ``outputs -> (preds, scores)`` when the core returns something else
+      than ``(preds, scores)``; None otherwise.
+    fit_fn: ``(defense_outputs, defense_labels, num_classes) -> state`` for the
+      ``fitted_modes``; None if the detector fits nothing after it is built.
+    score_fn: ``(outputs, state) -> (preds, {mode: scores})``; None: the single
+      score of ``head`` (or of the core).
+    fitted_modes: the modes that need ``state``.
+    describe_state: ``state -> dict`` of JSON values for a result file.
+    outputs: ``'scores'`` (the core returns ``(preds, scores)``) or
+      ``'label_matrix'`` (``(B, 1 + F)`` labels on the grid ``config['grid']``,
+      which :mod:`scaleup_jax.calibration` turns into calibrated label-only scores).
   """
 
   name: str
@@ -67,14 +96,54 @@ class Detector:
   model_forwards: int
   detector_forwards: int = 0
   config: dict = dataclasses.field(default_factory=dict)
+  modes: tuple = ()
+  head: Callable | None = None
+  fit_fn: Callable | None = None
+  score_fn: Callable | None = None
+  fitted_modes: tuple = ()
+  describe_state: Callable | None = None
+  outputs: str = 'scores'
 
   def __post_init__(self):
     if self.needs not in ACCESS:
       raise ValueError(f'needs must be one of {ACCESS}; got {self.needs!r}')
+    if self.outputs not in OUTPUTS:
+      raise ValueError(f'outputs must be one of {OUTPUTS}; got {self.outputs!r}')
+    unknown = set(self.fitted_modes) - set(self.score_modes)
+    if unknown:
+      raise ValueError(f'fitted_modes {sorted(unknown)} are not modes of {self.name!r}')
+
+  def raw(self, variables, images, key=None):
+    """The core's per-image outputs for one batch (``(preds, scores)`` unless ``head`` is set)."""
+    return self.core(variables, images, self.key if key is None else key, self.aux)
 
   def __call__(self, variables, images, key=None):
     """``(preds, scores)`` for one batch; see the module docstring."""
-    return self.core(variables, images, self.key if key is None else key, self.aux)
+    out = self.raw(variables, images, key)
+    return out if self.head is None else self.head(out)
+
+  @property
+  def score_modes(self) -> tuple:
+    """The names of this detector's scores (its entries in a result's ``detection``)."""
+    return tuple(self.modes) or (self.name,)
+
+  def fit(self, defense_outputs, defense_labels, num_classes: int):
+    """What the fitted modes learn from the defender's images (None if nothing)."""
+    if self.fit_fn is None:
+      return None
+    labels = None if defense_labels is None else np.asarray(defense_labels)
+    return self.fit_fn(defense_outputs, labels, int(num_classes))
+
+  def score(self, outputs, state=None) -> tuple[np.ndarray, dict]:
+    """``(preds (N,), {mode: scores (N,)})`` from outputs of :meth:`raw` (any batch size).
+
+    Modes in ``fitted_modes`` are present only when ``state`` (from
+    :meth:`fit`) is given.
+    """
+    if self.score_fn is not None:
+      return self.score_fn(outputs, state)
+    preds, scores = outputs if self.head is None else self.head(outputs)
+    return np.asarray(preds), {self.name: np.asarray(scores)}
 
   @property
   def forwards_per_image(self) -> int:
@@ -82,9 +151,6 @@ class Detector:
     return self.model_forwards + self.detector_forwards
 
 
-def predict_labels(apply_fn: Callable, variables, images):
-  """int32 ``argmax`` predictions ``(B,)`` of ``apply_fn(variables, images)``."""
-  return jnp.argmax(apply_fn(variables, images), axis=-1).astype(jnp.int32)
 
 
 def labels_of_stack(apply_fn: Callable, variables, stack, chunk: int | None = None):

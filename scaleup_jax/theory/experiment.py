@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from scaleup_jax import metrics
 from scaleup_jax.theory import kernel as kernel_lib
 from scaleup_jax.theory import ntk as ntk_lib
 from scaleup_jax.theory import toy_data
@@ -172,11 +173,7 @@ def auroc(pos, neg) -> float:
   Returns:
     ``P(pos > neg) + P(pos == neg) / 2`` over all pairs.
   """
-  pos = np.asarray(pos, np.float64)[:, None]
-  neg = np.asarray(neg, np.float64)[None, :]
-  if pos.size == 0 or neg.size == 0:
-    raise ValueError(f'auroc needs both classes; got {pos.size} positives and {neg.size} negatives')
-  return float(np.mean(pos > neg) + 0.5 * np.mean(pos == neg))
+  return metrics.auroc(neg, pos)
 
 
 def scale_metrics(phi, num_benign_inputs: int, y_benign, target: int, scales,

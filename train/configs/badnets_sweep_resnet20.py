@@ -21,10 +21,8 @@ sweep is those with size ``BASE_SIZE``, the trigger-size sweep those with rate
 ``BASE_RATE``. Append ``,quick`` (or use ``quick`` alone) for a tiny run.
 """
 
+from scaleup_jax.reproduce import SWEEP_BASE_RATE as BASE_RATE, SWEEP_BASE_SIZE as BASE_SIZE
 from train.configs import badnets_resnet20, default
-
-BASE_RATE = 0.1
-BASE_SIZE = 3
 EPOCHS = 5
 
 
