@@ -258,6 +258,21 @@ def load_json_checked(path: str | os.PathLike, kind: str, allow_unchecked: bool 
   return doc['payload']
 
 
+def read_results(path: str | os.PathLike, filename: str, what: str, command: str) -> Any:
+  """The JSON results file ``path`` (or ``path/filename`` for a directory) of an experiment.
+
+  Raises:
+    InputError: naming the path and the ``command`` that writes it, when absent.
+  """
+  from scaleup_jax.validation import InputError
+  p = Path(path)
+  if p.is_dir():
+    p = p / filename
+  if not p.is_file():
+    raise InputError(f'no {what} results at {str(p)!r}; run {command}')
+  return json.loads(p.read_text())
+
+
 def atomic_save_npz(path: str | os.PathLike, **arrays) -> Path:
   """``np.savez_compressed`` through :func:`atomic_write_bytes`."""
   import io

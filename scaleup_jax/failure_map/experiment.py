@@ -510,12 +510,7 @@ def eval_command(model: str, out_dir: str | None, config: FailureMapConfig) -> s
 
 def load_results(path: str | Path) -> dict[str, Any]:
   """Reads a ``failure_map.json`` (or the one in a directory)."""
-  p = Path(path)
-  if p.is_dir():
-    p = p / RESULTS
-  if not p.is_file():
-    raise InputError(f'no failure-map results at {str(p)!r}; run python -m eval.failure_map')
-  return json.loads(p.read_text())
+  return integrity.read_results(path, RESULTS, 'failure-map', 'python -m eval.failure_map')
 
 
 def run(models: Sequence[str], out_dir: str | None, config: FailureMapConfig | None = None,

@@ -186,12 +186,7 @@ def write_outputs(results: dict[str, Any], out_dir: str, figures: bool = True) -
 
 def load_results(path: str | Path) -> dict[str, Any]:
   """Reads an ``operating_points.json``."""
-  p = Path(path)
-  if p.is_dir():
-    p = p / RESULTS
-  if not p.is_file():
-    raise InputError(f'no operating-point results at {str(p)!r}; run python -m eval.operating_points')
-  return json.loads(p.read_text())
+  return integrity.read_results(path, RESULTS, 'operating-point', 'python -m eval.operating_points')
 
 
 def models_in(results: dict[str, Any]) -> Sequence[str]:
