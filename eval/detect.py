@@ -68,19 +68,12 @@ flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
 
 
-def _numbers(name, values) -> tuple:
-  try:
-    return tuple(float(s) for s in values)
-  except ValueError:
-    raise ValueError(f'--{name} must be numbers; got {values}') from None
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import evaluate
   with cli.friendly_errors():
-    scales = _numbers('scales', FLAGS.scales)
+    scales = cli.numbers('scales', FLAGS.scales)
     opts = evaluate.DetectOptions(
         detector=FLAGS.detector, detector_options=evaluate.parse_options(FLAGS.detector_options),
         ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, download=FLAGS.download, num_images=FLAGS.num_images,
@@ -90,8 +83,8 @@ def main(argv):
         noise_kind=FLAGS.noise_kind, noise_magnitude=FLAGS.noise_magnitude,
         protocol=FLAGS.protocol, jpeg_match=FLAGS.jpeg_match,
         data_limited_form=FLAGS.data_limited_form, group_by=FLAGS.group_by,
-        alphas=_numbers('alphas', FLAGS.alphas), calibration_rule=FLAGS.calibration_rule,
-        dense_scales=_numbers('dense_scales', FLAGS.dense_scales),
+        alphas=cli.numbers('alphas', FLAGS.alphas), calibration_rule=FLAGS.calibration_rule,
+        dense_scales=cli.numbers('dense_scales', FLAGS.dense_scales),
         save_detectors=FLAGS.save_detectors, seed=FLAGS.seed, out=FLAGS.out, plot=FLAGS.plot,
         progress=FLAGS.progress)
     print(evaluate.format_summary(evaluate.evaluate_detection(opts)))

@@ -45,15 +45,6 @@ flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
 
 
-def _numbers(values, cast, name):
-  if values is None:
-    return None
-  try:
-    return tuple(cast(v) for v in values)
-  except ValueError:
-    raise ValueError(f'--{name} must be numbers; got {values}') from None
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -65,8 +56,8 @@ def main(argv):
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         detectors=tuple(FLAGS.detectors) if FLAGS.detectors is not None else None,
         num_bootstrap=FLAGS.num_bootstrap, compare_dir=FLAGS.compare_dir,
-        defense_sizes=_numbers(FLAGS.defense_sizes, int, 'defense_sizes'),
-        noise_stds=_numbers(FLAGS.noise_stds, float, 'noise_stds'),
+        defense_sizes=cli.numbers('defense_sizes', FLAGS.defense_sizes, int),
+        noise_stds=cli.numbers('noise_stds', FLAGS.noise_stds, float),
         rate_ckpts=tuple(FLAGS.rate_ckpts), size_ckpts=tuple(FLAGS.size_ckpts),
         adaptive_ckpt=FLAGS.adaptive_ckpt, seed=FLAGS.seed, data_dir=FLAGS.data_dir,
         out=FLAGS.out, progress=FLAGS.progress,

@@ -21,3 +21,18 @@ def friendly_errors():
           ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+
+
+def numbers(name: str, values, cast=float) -> tuple | None:
+  """A list flag's values as a tuple of ``cast`` (None stays None); InputError naming ``--name``.
+
+  Example:
+    >>> numbers('scales', ['3', '5'])
+    (3.0, 5.0)
+  """
+  if values is None:
+    return None
+  try:
+    return tuple(cast(v) for v in values)
+  except ValueError:
+    raise InputError(f'--{name} must be numbers; got {list(values)}') from None
