@@ -1,12 +1,16 @@
 """Benchmarks SCALE-UP detection: compiled JAX against PyTorch references.
 
-  python -m eval.bench --quick --out /tmp/bench          # smoke run, well under a minute
-  python -m eval.bench                                   # ResNet-20/18, batches 1, 32, 256
+  python -m eval.bench --quick --out /tmp/bench          # smoke run
+  python -m eval.bench                                   # every section (see docs/performance.md)
+  python -m eval.bench --sections throughput             # ResNet-20/18, batches 1, 32, 256 only
   python -m eval.bench --xla_compare                     # also time JAX without the XLA flag
   python -m eval.bench --dtype bfloat16                  # on accelerators
 
-Writes bench.json, bench.md and bench.png into --out (default
-docs/results/bench). See docs/performance.md for what is measured and how.
+Sections: throughput (JAX and PyTorch detectors, torch.compile and bfloat16
+autocast where --extra_at says), screen (the sequential screen against full
+SPC on the zoo BadNets model), fig6 (time per image of every detector) and
+train (JAX and PyTorch training images/s). Writes bench.json, bench.md,
+bench.png and fig6.png into --out (default docs/results/bench).
 """
 
 from scaleup_jax.xla_flags import set_default_xla_flags
@@ -18,11 +22,11 @@ from absl import app, flags, logging  # noqa: E402
 from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_list('models', ['resnet20', 'resnet18'], 'Model presets (resnet20, resnet18, resnet34, tiny).')
-flags.DEFINE_list('batch_sizes', ['1', '32', '256'], 'Images per call.')
-flags.DEFINE_integer('repeats', 5, 'Measurements per model, batch size and method.')
+flags.DEFINE_list('batch_sizes', ['1', '32', '256'], 'Images per call (throughput section).')
+flags.DEFINE_integer('repeats', 5, 'Measurements per method (every section).')
 flags.DEFINE_float('min_seconds', 1.0, 'Minimum duration of one measurement (s).')
-flags.DEFINE_string('out', 'docs/results/bench', 'Output directory for bench.json, bench.md, bench.png.')
-flags.DEFINE_bool('quick', False, 'Tiny model, batches 1 and 8, 2 short repeats (overrides the above).')
+flags.DEFINE_string('out', 'docs/results/bench', 'Output directory for bench.json, bench.md, bench.png, fig6.png.')
+flags.DEFINE_bool('quick', False, 'Tiny model, small batches, short repeats, random screen model.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Computation dtype of both models.')
 flags.DEFINE_bool('xla_compare', False, "Also time JAX without the project's XLA flags (in a subprocess).")
 flags.DEFINE_list('frameworks', ['jax', 'torch'], 'Which sides to time.')
@@ -30,9 +34,35 @@ flags.DEFINE_list('scales', ['3', '5', '7', '9', '11'], 'Amplification factors, 
 flags.DEFINE_integer('image_size', 32, 'Side of the square RGB input.')
 flags.DEFINE_integer('num_classes', 10, 'Number of logits.')
 flags.DEFINE_enum('torch_device', 'auto', ['auto', 'cpu', 'cuda'], 'Device of the PyTorch side.')
-flags.DEFINE_integer('seed', 0, 'Seed of the random weights and images.')
+flags.DEFINE_integer('seed', 0, 'Seed of the random weights, images and detector keys.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+flags.DEFINE_integer('chunk', 32, 'Sub-batch size of the jax_chunked detector.')
+flags.DEFINE_list('torch_extras', ['compile', 'bf16'], 'Optional PyTorch configurations (compile, bf16).')
+flags.DEFINE_list('extra_at', ['resnet20:256'], "Where torch_extras run: model:batch entries, or 'all'.")
+flags.DEFINE_list('sections', ['throughput', 'fig6', 'screen', 'train'], 'Sections to run.')
+flags.DEFINE_list('fig6_batches', ['1', '256'], 'Batch sizes of the fig6 section.')
+flags.DEFINE_list('fig6_detectors', None, 'Detectors of the fig6 section (default: all registered).')
+flags.DEFINE_string('zoo_model', 'cifar10_badnets_resnet20',
+                    "Model of the fig6 and screen sections: a zoo name or a run directory; '' for random weights.")
+flags.DEFINE_string('zoo', None, 'Zoo directory (default: $SCALEUP_JAX_ZOO, ./zoo, the installed copy).')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory holding CIFAR-10 (default: $TFDS_DATA_DIR).')
+flags.DEFINE_integer('screen_images', 1024, 'Benign and poisoned evaluation images of the screen section (each).')
+flags.DEFINE_integer('screen_calibration', 1000, 'Benign calibration images of the screen threshold.')
+flags.DEFINE_float('screen_alpha', 0.05, 'False-positive budget of the screen threshold (conformal).')
+flags.DEFINE_integer('screen_batch', 256, 'Batch size of the screen section.')
+flags.DEFINE_list('train_models', ['resnet20'], 'Models of the train section.')
+flags.DEFINE_integer('train_batch', 128, 'Batch size of the train section.')
+flags.DEFINE_string('repo', None, 'Directory whose git commit is recorded (default: the working directory).')
+flags.DEFINE_list('skip', [], 'model:batch:method entries of the throughput section not to run.')
+flags.DEFINE_integer('fig6_repeats', None, 'Measurements per detector in the fig6 section (default: --repeats).')
 FLAGS = flags.FLAGS
+
+
+def _ints(name, values):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--{name} must be integers; got {values}') from None
 
 
 def main(argv):
@@ -41,20 +71,26 @@ def main(argv):
   from scaleup_jax import bench
   with cli.friendly_errors():
     try:
-      batch_sizes = [int(b) for b in FLAGS.batch_sizes]
       scales = [float(s) for s in FLAGS.scales]
     except ValueError:
-      raise ValueError(f'--batch_sizes must be integers and --scales numbers; got '
-                       f'{FLAGS.batch_sizes} and {FLAGS.scales}') from None
+      raise ValueError(f'--scales must be numbers; got {FLAGS.scales}') from None
     opts = bench.BenchOptions(
-        models=FLAGS.models, batch_sizes=batch_sizes, repeats=FLAGS.repeats,
-        min_seconds=FLAGS.min_seconds, out=FLAGS.out, quick=FLAGS.quick, dtype=FLAGS.dtype,
-        xla_compare=FLAGS.xla_compare, frameworks=FLAGS.frameworks, scales=scales,
-        image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
-        torch_device=FLAGS.torch_device, seed=FLAGS.seed, progress=FLAGS.progress)
+        models=FLAGS.models, batch_sizes=_ints('batch_sizes', FLAGS.batch_sizes),
+        repeats=FLAGS.repeats, min_seconds=FLAGS.min_seconds, out=FLAGS.out, quick=FLAGS.quick,
+        dtype=FLAGS.dtype, xla_compare=FLAGS.xla_compare, frameworks=FLAGS.frameworks,
+        scales=scales, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
+        torch_device=FLAGS.torch_device, seed=FLAGS.seed, progress=FLAGS.progress,
+        chunk=FLAGS.chunk, torch_extras=FLAGS.torch_extras, extra_at=FLAGS.extra_at,
+        sections=FLAGS.sections, fig6_batches=_ints('fig6_batches', FLAGS.fig6_batches),
+        fig6_detectors=FLAGS.fig6_detectors, zoo_model=FLAGS.zoo_model, zoo=FLAGS.zoo,
+        data_dir=FLAGS.data_dir, screen_images=FLAGS.screen_images,
+        screen_calibration=FLAGS.screen_calibration, screen_alpha=FLAGS.screen_alpha,
+        screen_batch=FLAGS.screen_batch, train_models=FLAGS.train_models,
+        train_batch=FLAGS.train_batch, repo=FLAGS.repo, skip=FLAGS.skip,
+        fig6_repeats=FLAGS.fig6_repeats)
     result = bench.run_bench(opts)
     print(bench.to_markdown(result))
-    print(f'wrote bench.json, bench.md, bench.png to {opts.out}')
+    print(f'wrote bench.json, bench.md, bench.png, fig6.png to {opts.out}')
 
 
 if __name__ == '__main__':
