@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from scaleup_jax import integrity
 from scaleup_jax import models as models_lib
 from scaleup_jax import scaleup
 from scaleup_jax.scaleup import DEFAULT_SCALES, make_detector
@@ -863,7 +864,10 @@ def fig6_section(opts: BenchOptions, setup: dict, screen_info: dict | None, bar)
       try:
         compiled, c_s = _aot(det.core, variables, x, det.key, det.aux)
         head = det.head or (lambda out: out)
-        call = functools.partial(lambda c, h: h(c(variables, x, det.key, det.aux)), compiled, head)
+        # Everything the call needs is bound now: a closure over the loop variable ``det``
+        # would call this executable with the last detector's key and aux.
+        call = functools.partial(lambda c, h, k, a: h(c(variables, x, k, a)), compiled, head,
+                                 det.key, det.aux)
       except Exception:  # pylint: disable=broad-except  (not AOT-lowerable: time the jitted call)
         c_s = None
         call = functools.partial(det, variables, x)
@@ -986,10 +990,37 @@ def run_bench(opts: BenchOptions) -> dict:
     n_fig6 = 3 + len(opts.fig6_detectors)
   bar = tqdm(total=_bar_total(opts, n_methods, n_fig6, 3), desc='bench', unit='meas',
              disable=not opts.progress)
-  result = {'config': None, 'environment': env, 'results': [], 'checks': [], 'summary': [],
+  config = opts.to_json()
+  config['forwards_per_input'] = 1 + len(opts.scales)
+  config['weights'] = 'random init (model.init with seed) in throughput and train'
+  result = {'config': config, 'environment': env, 'results': [], 'checks': [], 'summary': [],
             'fig6': None, 'screen': None, 'train': None, 'notes': notes,
             'torch_missing': torch_missing, 'section_seconds': {}, 'section_cpu_seconds': {}}
   clock = _SectionClock(result)
+  try:
+    _run_sections(opts, result, clock, frameworks, torch, tp, device, bar, notes)
+  except BaseException:
+    # Keep what the finished sections measured (minutes of an idle machine) beside the
+    # previous outputs, which stay untouched.
+    result['failed'] = True
+    write_outputs(result, opts.out, prefix='bench.partial')
+    print(f'note: the benchmark failed; the sections that finished are in '
+          f'{Path(opts.out) / "bench.partial.json"}', file=sys.stderr)
+    raise
+  finally:
+    bar.close()
+  env['load_average_at_end'] = _load_average()
+  if opts.xla_compare and 'jax' in frameworks and 'throughput' in opts.sections:
+    with clock('xla_compare'):
+      result['xla_compare'] = xla_compare(opts, result['results'])
+  clock.total()
+  write_outputs(result, opts.out)
+  return result
+
+
+def _run_sections(opts: BenchOptions, result: dict, clock, frameworks, torch, tp, device, bar,
+                  notes: list) -> None:
+  """The sections of :func:`run_bench`, filling ``result`` as each one finishes."""
   if 'throughput' in opts.sections:
     with clock('throughput'):
       result['results'], result['checks'], extra_notes = throughput_section(
@@ -1013,18 +1044,6 @@ def run_bench(opts: BenchOptions) -> dict:
   if 'train' in opts.sections:
     with clock('train'):
       result['train'] = train_section(opts, torch, tp, device, bar)
-  bar.close()
-  env['load_average_at_end'] = _load_average()
-  config = opts.to_json()
-  config['forwards_per_input'] = 1 + len(opts.scales)
-  config['weights'] = 'random init (model.init with seed) in throughput and train'
-  result['config'] = config
-  if opts.xla_compare and 'jax' in frameworks and 'throughput' in opts.sections:
-    with clock('xla_compare'):
-      result['xla_compare'] = xla_compare(opts, result['results'])
-  clock.total()
-  write_outputs(result, opts.out)
-  return result
 
 
 class _SectionClock:
@@ -1340,12 +1359,19 @@ def _jsonable(obj):
   return obj
 
 
-def write_outputs(result: dict, out: str | os.PathLike) -> Path:
-  """Writes ``bench.json``, ``bench.md``, ``bench.png`` (and ``fig6.png``) into ``out``."""
+def write_outputs(result: dict, out: str | os.PathLike, prefix: str = 'bench') -> Path:
+  """Writes ``bench.json``, ``bench.md``, ``bench.png`` (and ``fig6.png``) into ``out``.
+
+  Each file is written atomically. ``prefix='bench.partial'`` (a failed run)
+  writes ``bench.partial.json`` and ``bench.partial.md`` only, leaving the
+  previous outputs as they were.
+  """
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / 'bench.json').write_text(json.dumps(_jsonable(result), indent=2) + '\n')
-  (out / 'bench.md').write_text(to_markdown(result))
+  integrity.atomic_write_text(out / f'{prefix}.json', json.dumps(_jsonable(result), indent=2) + '\n')
+  integrity.atomic_write_text(out / f'{prefix}.md', to_markdown(result))
+  if prefix != 'bench':
+    return out
   if result['results']:
     plot(result, out / 'bench.png')
   if result.get('fig6') and result['fig6']['rows']:

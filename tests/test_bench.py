@@ -117,6 +117,34 @@ def test_unavailable_torch_compile_becomes_a_note(monkeypatch, tiny_model):
   assert notes == ['torch_compile unavailable: RuntimeError: no C++ compiler']
 
 
+def test_fig6_times_each_detector_with_its_own_key_and_aux():
+  # Two detectors with different fitted state (STRIP's overlays, ShrinkPad's none): each
+  # compiled call must get its own detector's aux, not the last one built.
+  opts = bench.BenchOptions(quick=True, fig6_detectors=('strip', 'shrinkpad'),
+                            fig6_batches=(4,), repeats=1).resolved()
+  setup = bench._zoo_setup(opts, 32)  # pylint: disable=protected-access
+  f6 = bench.fig6_section(opts, setup, None, None)
+  assert f6['notes'] == []
+  assert {r['detector'] for r in f6['rows']} == {'inference', 'scaleup_chunked', 'strip', 'shrinkpad'}
+  assert all(r['images_per_s']['median'] > 0 for r in f6['rows'])
+
+
+def test_failed_run_keeps_finished_sections_apart(tmp_path, monkeypatch):
+  (tmp_path / 'bench.json').write_text('previous')
+
+  def boom(*a, **k):
+    raise RuntimeError('section broke')
+
+  monkeypatch.setattr(bench, 'train_section', boom)
+  opts = bench.BenchOptions(quick=True, sections=('screen', 'train'), frameworks=('jax',),
+                            out=str(tmp_path), progress=False)
+  with pytest.raises(RuntimeError, match='section broke'):
+    bench.run_bench(opts)
+  assert (tmp_path / 'bench.json').read_text() == 'previous'
+  partial = json.loads((tmp_path / 'bench.partial.json').read_text())
+  assert partial['failed'] and partial['screen']['sets'][0]['decisions_equal'] == 1.0
+
+
 def test_options_travel_as_json_and_git_is_optional(tmp_path):
   opts = bench.BenchOptions(models=('tiny',), batch_sizes=(2,), fig6_detectors=('strip',)).resolved()
   again = bench.BenchOptions.from_json(json.loads(json.dumps(opts.to_json()))).resolved()
