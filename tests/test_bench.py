@@ -117,12 +117,15 @@ def test_unavailable_torch_compile_becomes_a_note(monkeypatch, tiny_model):
   assert notes == ['torch_compile unavailable: RuntimeError: no C++ compiler']
 
 
-def test_fig6_times_each_detector_with_its_own_key_and_aux():
+def test_fig6_times_each_detector_with_its_own_key_and_aux(tiny_model):
   # Two detectors with different fitted state (STRIP's overlays, ShrinkPad's none): each
   # compiled call must get its own detector's aux, not the last one built.
-  opts = bench.BenchOptions(quick=True, fig6_detectors=('strip', 'shrinkpad'),
-                            fig6_batches=(4,), repeats=1).resolved()
-  setup = bench._zoo_setup(opts, 32)  # pylint: disable=protected-access
+  model, variables = tiny_model
+  opts = bench.BenchOptions(models=('tiny',), fig6_detectors=('strip', 'shrinkpad'),
+                            fig6_batches=(4,), repeats=1, min_seconds=0.01).resolved()
+  images = np.random.default_rng(0).uniform(0, 1, (32, 32, 32, 3)).astype(np.float32)
+  setup = {'source': 'tiny', 'apply_fn': partial(model.apply, train=False),
+           'variables': variables, 'benign': images}
   f6 = bench.fig6_section(opts, setup, None, None)
   assert f6['notes'] == []
   assert {r['detector'] for r in f6['rows']} == {'inference', 'scaleup_chunked', 'strip', 'shrinkpad'}
