@@ -587,7 +587,7 @@ def test_evaluate_threads_the_data_limited_form(tmp_path):
   assert sum(res['class_stats']['count']) == 50
   np.testing.assert_array_equal(res['class_stats']['count'], 5)  # grouped by true class
   # reproduce rebuilds the same scores from the stored files.
-  b, p = reproduce._stored_scores(out, 'data-limited')
+  b, p = reproduce.experiments._stored_scores(out, 'data-limited')
   y = np.r_[np.zeros(len(b)), np.ones(len(p))]
   assert roc_auc_score(y, np.r_[b, p]) == pytest.approx(res['detection']['data-limited']['auroc'])
 
