@@ -21,6 +21,7 @@ set_default_xla_flags()
 from absl import app, flags, logging  # noqa: E402
 
 from scaleup_jax import cli  # noqa: E402
+from scaleup_jax.validation import InputError  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of the served model (default: the zoo BadNets ResNet-20).')
 flags.DEFINE_string('calibration', None, 'Saved calibrated detector (eval.detect --save_detectors, or '
@@ -96,7 +97,7 @@ def main(argv):
       else:
         serve(config, say=lambda s: print(s, flush=True))
     except StoreError as e:
-      raise ValueError(str(e)) from None
+      raise InputError(str(e)) from None  # a store the flags point at is unusable: one line
 
 
 if __name__ == '__main__':

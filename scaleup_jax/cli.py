@@ -12,13 +12,26 @@ from scaleup_jax.paths import ZooNotFoundError
 from scaleup_jax.validation import InputError
 
 
+# The deliberate user errors: a bad flag, file, shape or name, a damaged or missing run, file,
+# dataset or zoo. Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (InputError, CheckpointError, IntegrityError, DatasetNotFoundError, ZooNotFoundError)
+
+
 @contextlib.contextmanager
 def friendly_errors():
-  """Turns the project's expected errors into a one-line message and exit code 2."""
+  """Turns the user errors of :data:`USER_ERRORS` into a one-line message and exit code 2.
+
+  Only those: a plain ``ValueError`` (or any other exception) raised inside is
+  an internal bug and propagates with its traceback.
+
+  Example:
+    >>> with friendly_errors():
+    ...   raise InputError('--scales must be numbers')   # doctest: +SKIP
+    error: --scales must be numbers                     (on stderr; exit code 2)
+  """
   try:
     yield
-  except (CheckpointError, IntegrityError, DatasetNotFoundError, ZooNotFoundError, InputError,
-          ValueError) as e:
+  except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

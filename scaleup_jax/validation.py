@@ -6,7 +6,13 @@ import numpy as np
 
 
 class InputError(ValueError):
-  """Images or scales that the detector cannot score correctly."""
+  """A value the user gave that cannot be used: a flag, option, file, array shape or name.
+
+  The message names the offending value. The entry points print it as one line
+  with exit code 2 (:func:`scaleup_jax.cli.friendly_errors`); a plain
+  ``ValueError`` is left for internal invariants, which keep their traceback.
+  It subclasses ``ValueError``, so ``except ValueError`` still catches it.
+  """
 
 
 def check_images(images, image_shape=None) -> np.ndarray:

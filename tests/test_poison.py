@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from scaleup_jax import poison
+from scaleup_jax.validation import InputError
 
 
 @pytest.mark.parametrize('corner, rows, cols', [
@@ -34,7 +35,7 @@ def test_badnets_patterns():
   assert black.mask.sum() == 4 * 4 * 3 and black.pattern.max() == 0.0
   board = poison.badnets_trigger(key, pattern='checkerboard', size=2, margin=0)
   np.testing.assert_array_equal(board.pattern[-2:, -2:, 0], [[0, 1], [1, 0]])
-  with pytest.raises(ValueError, match="unknown patch pattern 'gray'"):
+  with pytest.raises(InputError, match="unknown patch pattern 'gray'"):
     poison.badnets_trigger(key, pattern='gray')
   rand = poison.badnets_trigger(key)
   vals = rand.pattern[rand.mask == 1]
@@ -82,7 +83,7 @@ def test_poison_indices_depend_on_key_and_can_include_target():
 
 def test_poison_rate_too_high_names_the_numbers():
   labels = np.repeat(np.arange(10), 10)
-  with pytest.raises(ValueError, match='asks for 50 images but only 20'):
+  with pytest.raises(InputError, match='asks for 50 images but only 20'):
     poison.select_poison_indices(jax.random.key(0), labels, 0.5, 0, source_classes=(1, 2))
 
 
@@ -105,7 +106,7 @@ def test_poison_dataset_and_test_set():
 
 @pytest.mark.parametrize('name', ['badnet', 'wanet', ''])
 def test_unknown_trigger(name):
-  with pytest.raises(ValueError, match='unknown trigger'):
+  with pytest.raises(InputError, match='unknown trigger'):
     poison.make_trigger(name, jax.random.key(0))
 
 
@@ -120,7 +121,7 @@ def test_trigger_file_round_trip(tmp_path):
 
 
 def test_unknown_trigger_kind():
-  with pytest.raises(ValueError, match="unknown trigger kind 'spiral'"):
+  with pytest.raises(InputError, match="unknown trigger kind 'spiral'"):
     poison.trigger_from_arrays({'kind': np.asarray('spiral')})
 
 

@@ -282,7 +282,7 @@ def test_sweep_config_overrides_and_run_names(arg, rate, size, epochs, name):
 @pytest.mark.parametrize('arg', ['epochs=', 'lr=0.1', 'rate'])
 def test_sweep_config_rejects_unknown_overrides(arg):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
-  with pytest.raises(ValueError, match='expected rate=R, size=S, epochs=E or quick'):
+  with pytest.raises(InputError, match='expected rate=R, size=S, epochs=E or quick'):
     sweep_cfg.get_config(arg)
 
 
