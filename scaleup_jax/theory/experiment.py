@@ -124,7 +124,7 @@ class TheoryConfig:
   ntk_ratios: tuple[float, ...] = (0.01, 0.1, 1.0)
 
   def validate(self) -> None:
-    """Raises ValueError naming the first bad setting."""
+    """Raises InputError naming the first bad setting."""
     for g in (self.gamma, *self.gammas):
       kernel_lib.check_gamma(g)
     for r in (self.ratio, *self.ratios, *self.size_sweep_ratios, *self.ntk_ratios):

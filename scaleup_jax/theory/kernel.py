@@ -40,7 +40,7 @@ def _concrete(value):
 
 
 def check_gamma(gamma) -> None:
-  """Raises ValueError unless ``gamma`` is a finite positive number.
+  """Raises InputError unless ``gamma`` is a finite positive number.
 
   Tracers (``gamma`` passed through ``jax.jit``) are not checked.
   """
@@ -50,7 +50,7 @@ def check_gamma(gamma) -> None:
 
 
 def check_scale(n) -> None:
-  """Raises ValueError unless the amplification ``n`` is finite and >= 1."""
+  """Raises InputError unless the amplification ``n`` is finite and >= 1."""
   value = _concrete(n)
   if value is not None and not (np.isfinite(value) and value >= 1):
     raise InputError(f'amplification scale n must be finite and >= 1; got n={value}')

@@ -157,7 +157,7 @@ def apply_trigger(x, mask, pattern):
 
 
 def check_ratio(ratio) -> None:
-  """Raises ValueError unless the poisoning ratio ``N_p / N_b`` is in (0, 1]."""
+  """Raises InputError unless the poisoning ratio ``N_p / N_b`` is in (0, 1]."""
   if not (np.isfinite(ratio) and 0.0 < ratio <= 1.0):
     raise InputError(f'poisoning ratio N_p/N_b must be in (0, 1]; got ratio={ratio}')
 
