@@ -9,6 +9,9 @@ which covers BadNets (a binary patch mask) and Blended (a constant mask equal
 to the blend ratio alpha). Indices to poison are chosen from an explicit PRNG
 key, so the same key gives the same indices and bit-identical images.
 
+The attacks by name (the full recipes, which call the trigger factories here)
+are :data:`scaleup_jax.attacks.ATTACKS`, the one registry.
+
 References:
   Gu et al., "BadNets: Identifying Vulnerabilities in the Machine Learning
   Model Supply Chain", 2017. https://arxiv.org/abs/1708.06733
@@ -249,17 +252,6 @@ def blended_trigger(
   pattern = np.asarray(pattern, np.float32)
   mask = np.full(image_shape, alpha, np.float32)
   return Trigger(mask, pattern)
-
-
-# Trigger factories that need no model; the full attack recipes are in scaleup_jax.attacks.
-ATTACKS = {'badnets': badnets_trigger, 'blended': blended_trigger}
-
-
-def make_trigger(name: str, key: jax.Array, image_shape=(32, 32, 3), **kwargs) -> Trigger:
-  """Builds the trigger of ``name`` (one of :data:`ATTACKS`)."""
-  if name not in ATTACKS:
-    raise InputError(f'unknown trigger {name!r}; expected one of {sorted(ATTACKS)}')
-  return ATTACKS[name](key, image_shape, **kwargs)
 
 
 def draw_target(key: jax.Array, num_classes: int, avoid: Sequence[int] = ()) -> int:

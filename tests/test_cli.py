@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from scaleup_jax import batching, cli, models, poison
+from scaleup_jax import attacks, batching, cli, models, poison
 from scaleup_jax.checkpoint import CheckpointError
 from scaleup_jax.data import DatasetNotFoundError
 from scaleup_jax.integrity import IntegrityError
@@ -37,8 +37,9 @@ def test_internal_error_propagates_unchanged(error):
 def _run(body: str) -> subprocess.CompletedProcess:
   code = 'from scaleup_jax import cli\nfrom scaleup_jax.validation import InputError\n' + \
       'with cli.friendly_errors():\n' + textwrap.indent(textwrap.dedent(body), '  ')
+  # Importing jax and orbax can take minutes on a loaded machine.
   return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+                        timeout=600)
 
 
 def test_entry_point_shows_the_traceback_of_an_internal_value_error():
@@ -56,7 +57,7 @@ def test_entry_point_prints_an_input_error_in_one_line():
 
 @pytest.mark.parametrize('call, match', [
     (lambda: models.get_model('resnet50'), "unknown model 'resnet50'"),
-    (lambda: poison.make_trigger('nope', jax.random.key(0)), "unknown trigger 'nope'"),
+    (lambda: attacks.check_attack_name('nope'), "unknown attack 'nope'"),
     (lambda: poison.blended_trigger(jax.random.key(0), alpha=2.0), 'alpha must be in'),
     (lambda: batching.map_batches(lambda x: x, np.zeros((0, 2)), 4), 'no images'),
 ])
@@ -70,3 +71,4 @@ def test_internal_assertions_stay_plain_value_errors():
   with pytest.raises(ValueError) as e:
     batching.pad_to(np.zeros((5, 2)), 3)
   assert type(e.value) is ValueError
+

@@ -104,10 +104,12 @@ def test_poison_dataset_and_test_set():
   assert np.all(t_lab != 2) and len(t_idx) == 40
 
 
-@pytest.mark.parametrize('name', ['badnet', 'wanet', ''])
-def test_unknown_trigger(name):
-  with pytest.raises(InputError, match='unknown trigger'):
-    poison.make_trigger(name, jax.random.key(0))
+@pytest.mark.parametrize('name', ['badnet', 'blend', ''])
+def test_unknown_attack_is_named_by_the_one_registry(name):
+  from scaleup_jax import attacks
+  with pytest.raises(InputError, match=f"unknown attack {name!r}; expected 'none' or one of"):
+    attacks.check_attack_name(name)
+  assert not hasattr(poison, 'ATTACKS')  # one registry of attacks: scaleup_jax.attacks.ATTACKS
 
 
 def test_trigger_file_round_trip(tmp_path):

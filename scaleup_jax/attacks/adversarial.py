@@ -53,24 +53,12 @@ from tqdm.auto import tqdm
 
 from scaleup_jax import poison, scaleup
 from scaleup_jax.batching import map_batches, pad_to
-from scaleup_jax.validation import InputError
+from scaleup_jax.validation import InputError, check_image_batch, check_images
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
 # ------------------------------------------------------------------ checks
-
-
-def _check_images(images, name: str = 'images') -> None:
-  """Raises ValueError unless ``images`` is a float (B, H, W, C) batch in [0, 1]."""
-  if np.ndim(images) != 4:
-    raise InputError(f'{name} must have shape (B, H, W, C), got shape {np.shape(images)}')
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise InputError(f'{name} must be float pixels in [0, 1], got dtype {images.dtype}')
-  if isinstance(images, np.ndarray) and images.size:
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0.0 or hi > 1.0 or not np.isfinite(lo + hi):
-      raise InputError(f'{name} must lie in [0, 1], got values in [{lo}, {hi}]')
 
 
 def _check_labels(labels, n: int) -> None:
@@ -160,15 +148,16 @@ def pgd_untargeted(
     ``images`` in L-inf and inside [0, 1].
 
   Raises:
-    ValueError: on bad shapes, values outside [0, 1] or a negative budget.
+    InputError: on bad shapes, values outside [0, 1] or a negative budget.
 
   References:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial
     Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
   """
-  if not isinstance(images, jax.Array):
-    images = np.asarray(images)
-  _check_images(images)
+  if isinstance(images, jax.Array):
+    check_image_batch(images)  # rank and dtype; the values stay on the device
+  else:
+    images = check_images(images)
   _check_labels(labels, np.shape(images)[0])
   _check_budget(eps, step, steps)
   indices = jnp.arange(np.shape(images)[0], dtype=jnp.uint32)
@@ -213,12 +202,9 @@ def pgd_dataset(
     raise InputError(f'unknown PGD options {sorted(unknown)}; expected eps, step, steps, random_start')
   if int(batch_size) != batch_size or batch_size < 1:
     raise InputError(f'batch_size must be a positive integer, got {batch_size}')
-  images = np.asarray(images)
+  images = check_images(images)
   labels = np.asarray(labels)
-  _check_images(images)
   _check_labels(labels, len(images))
-  if len(images) == 0:
-    raise InputError('no images to perturb (got an empty array)')
   opts = dict(eps=8 / 255, step=2 / 255, steps=10, random_start=True)
   opts.update(pgd_kwargs)
   _check_budget(opts['eps'], opts['step'], opts['steps'])
@@ -504,10 +490,7 @@ def targeted_uap(
     Moosavi-Dezfooli et al., "Universal adversarial perturbations", CVPR
     2017; BackdoorBox ``core/attacks/TUAP.py``, ``tests/test_TUAP.py``.
   """
-  images = np.asarray(images)
-  _check_images(images)
-  if len(images) == 0:
-    raise InputError('no images to optimise the perturbation on (got an empty array)')
+  images = check_images(images)
   _check_budget(eps, lr, steps)
   if int(target) != target or target < 0:
     raise InputError(f'target must be a non-negative class index, got {target}')
@@ -557,8 +540,7 @@ def uap_fooling_rate(
   Returns:
     The targeted fooling rate in [0, 1], as a Python float.
   """
-  images = np.asarray(images)
-  _check_images(images)
+  images = check_images(images)
   delta = np.asarray(delta, np.float32)
   if delta.shape != images.shape[1:]:
     raise InputError(f'delta shape {delta.shape} does not match image shape {images.shape[1:]}')

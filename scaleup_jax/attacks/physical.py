@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaleup_jax.baselines.image_ops import bilinear_gather
-from scaleup_jax.validation import InputError
+from scaleup_jax.validation import InputError, check_image_batch
 
 # BackdoorBox tests/test_PhysicalBA.py, CIFAR-10 and GTSRB sections.
 DEFAULT_BRIGHTNESS = 0.2
@@ -54,11 +54,6 @@ DEFAULT_SCALE = (0.8, 0.9)
 
 # ITU-R 601 luma weights of torchvision's rgb_to_grayscale.
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def _check_images(images):
-  if images.ndim != 4:
-    raise InputError(f'images must have shape (B, H, W, C); got {images.shape}')
 
 
 def _factor_range(value, name: str) -> tuple[float, float]:
@@ -87,7 +82,7 @@ def adjust_brightness(images, factor):
   Returns:
     ``(B, H, W, C)`` in [0, 1].
   """
-  _check_images(images)
+  check_image_batch(images)
   f = _per_image(factor, images.shape[0], images.dtype)
   return jnp.clip(images * f, 0.0, 1.0)
 
@@ -107,7 +102,7 @@ def adjust_contrast(images, factor):
   Returns:
     ``(B, H, W, C)`` in [0, 1].
   """
-  _check_images(images)
+  check_image_batch(images)
   c = images.shape[-1]
   if c == 3:
     gray = jnp.einsum('bhwc,c->bhw', images, jnp.asarray(_GRAY_WEIGHTS, images.dtype))
@@ -140,7 +135,7 @@ def color_jitter(key: jax.Array, images, brightness=DEFAULT_BRIGHTNESS,
     Li et al., "Backdoor Attack in the Physical World", 2021; BackdoorBox
     ``tests/test_PhysicalBA.py``.
   """
-  _check_images(images)
+  check_image_batch(images)
   return _color_jitter(key, images, _factor_range(brightness, 'brightness'),
                        _factor_range(contrast, 'contrast'))
 
@@ -230,7 +225,7 @@ def random_affine(key: jax.Array, images, degrees=DEFAULT_DEGREES,
     Li et al., "Backdoor Attack in the Physical World", 2021; BackdoorBox
     ``tests/test_PhysicalBA.py``.
   """
-  _check_images(images)
+  check_image_batch(images)
   return _random_affine(key, images, *_affine_ranges(degrees, translate, scale))
 
 

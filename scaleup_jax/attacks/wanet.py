@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaleup_jax.baselines.image_ops import bilinear_gather
-from scaleup_jax.validation import InputError
+from scaleup_jax.validation import InputError, check_image_batch
 
 # Keys' cubic-convolution parameter used by PyTorch's bicubic interpolation.
 TORCH_CUBIC_A = -0.75
@@ -198,8 +198,7 @@ def grid_sample(images, grid):
     ``(B, H', W', C)`` of the dtype of ``images``; samples outside the image
     blend with 0 (``padding_mode='zeros'``). Jittable.
   """
-  if images.ndim != 4:
-    raise InputError(f'images must have shape (B, H, W, C); got {images.shape}')
+  check_image_batch(images)
   grid = jnp.asarray(grid, jnp.float32)
   if grid.ndim == 3:
     grid = grid[None]
@@ -231,8 +230,7 @@ def noise_warp(key: jax.Array, images, grid):
     Nguyen & Tran, ICLR 2021, Sec. 3.4 (noise mode); BackdoorBox
     ``AddTrigger.add_trigger(noise=True)`` (``noise_rescale = 2``).
   """
-  if images.ndim != 4:
-    raise InputError(f'images must have shape (B, H, W, C); got {images.shape}')
+  check_image_batch(images)
   grid = jnp.asarray(grid, jnp.float32)
   if grid.ndim != 3 or grid.shape[-1] != 2:
     raise InputError(f'grid must have shape (H, W, 2); got {grid.shape}')
