@@ -72,3 +72,33 @@ def test_internal_assertions_stay_plain_value_errors():
     batching.pad_to(np.zeros((5, 2)), 3)
   assert type(e.value) is ValueError
 
+
+def test_shared_flags_are_defined_once_with_their_defaults_and_belong_to_the_caller():
+  from absl import flags
+  fv = flags.FlagValues()
+  cli.define_shared_flags('data_dir', 'download', 'batch_size', 'progress', flag_values=fv)
+  fv(['prog', '--batch_size', '8', '--noprogress'])
+  assert (fv.data_dir, fv.download, fv.batch_size, fv.progress) == (None, None, 8, False)
+  key = {f.name for f in fv.get_key_flags_for_module(sys.modules[__name__])}
+  assert key == {'data_dir', 'download', 'batch_size', 'progress'}  # listed by --helpshort
+  with pytest.raises(KeyError):
+    cli.define_shared_flags('seeds', flag_values=fv)
+
+
+def test_every_absl_entry_point_takes_the_shared_flags_it_used_to_define():
+  wanted = {'detect': {'data_dir', 'download', 'batch_size', 'progress'},
+            'compare': {'data_dir', 'batch_size', 'progress'},
+            'diagnose': {'data_dir', 'download', 'batch_size', 'progress'},
+            'protocol': {'data_dir'}, 'reproduce': {'data_dir', 'progress'},
+            'serve': {'data_dir', 'download'}}
+  for name, shared in wanted.items():
+    src = (ROOT / 'eval' / f'{name}.py').read_text()
+    assert 'cli.define_shared_flags(' in src, name
+    for flag in shared:
+      assert f"DEFINE_string('{flag}'" not in src and f"DEFINE_bool('{flag}'" not in src, (name, flag)
+      assert f"'{flag}'" in src.split('cli.define_shared_flags(')[1].split(')')[0], (name, flag)
+
+
+def test_command_line_records_the_module_and_its_arguments():
+  assert cli.command_line('eval.detect', ['x', '--ckpt', 'runs/a']) == 'python -m eval.detect --ckpt runs/a'
+  assert cli.command_line('eval.detect', ['x']) == 'python -m eval.detect'
