@@ -8,8 +8,6 @@
 Writes compare.json, compare.md (tables) and auroc.png (heat map) under --out.
 """
 
-import sys
-
 from scaleup_jax.xla_flags import set_default_xla_flags
 
 set_default_xla_flags()
@@ -23,13 +21,11 @@ flags.DEFINE_list('detectors', ['scaleup', 'strip', 'shrinkpad', 'deepsweep', 'f
                                 'ibd_psc', 'teco'], 'Detectors to compare.')
 flags.DEFINE_integer('num_images', 1000, 'Evaluation images per model (before poisoning).')
 flags.DEFINE_integer('num_defense_per_class', 100, 'Defender images per class.')
-flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_integer('seed', 0, 'Seed of the split and of the detectors.')
-flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR).')
 flags.DEFINE_string('out', 'runs/compare', 'Output directory.')
 flags.DEFINE_bool('merge', False, "Keep other models' rows of an existing --out/compare.json (same settings).")
 flags.DEFINE_bool('skip_done', False, "With --merge: don't re-run models already in --out/compare.json.")
-flags.DEFINE_bool('progress', True, 'Show progress bars.')
+cli.define_shared_flags('batch_size', 'data_dir', 'progress')
 FLAGS = flags.FLAGS
 
 
@@ -43,7 +39,7 @@ def main(argv):
         num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, data_dir=FLAGS.data_dir, out=FLAGS.out, progress=FLAGS.progress,
         merge=FLAGS.merge, skip_done=FLAGS.skip_done,
-        command='python -m eval.compare ' + ' '.join(sys.argv[1:]))
+        command=cli.command_line('eval.compare'))
     summary = compare.compare(opts)
     print(compare.markdown_tables(summary))
     print(f"wrote {summary['out']}/compare.json, compare.md, auroc.png")

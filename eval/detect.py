@@ -24,13 +24,10 @@ from absl import app, flags, logging  # noqa: E402
 from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of a trained model (default: zoo BadNets ResNet-20).')
-flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-flags.DEFINE_bool('download', None, 'Download and prepare CIFAR-10 if it is absent (the default, unless '
-                  '$SCALEUP_JAX_NO_DOWNLOAD=1); --nodownload forbids it.')
+cli.define_shared_flags('data_dir', 'download', 'batch_size', 'progress')
 flags.DEFINE_integer('num_images', 0, 'Evaluation images taken from the test set (0 = all not held by the defender).')
 flags.DEFINE_integer('num_defense_per_class', 100, 'Benign defender images per class: the data-limited '
                      'statistics and the calibration of every threshold (disjoint from the evaluation images).')
-flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_list('scales', ['3', '5', '7', '9', '11'], 'Amplification factors, each >= 1.')
 flags.DEFINE_string('mode', 'both', 'data-free, data-limited or both.')
 flags.DEFINE_string('method', 'auto', "How scales are batched: 'vmap' (one batch), 'map' "
@@ -64,7 +61,6 @@ flags.DEFINE_string('save_detectors', None, 'Directory to save one calibrated de
 flags.DEFINE_integer('seed', 0, 'Seed of the defender/evaluation split, the noise and the tie coins.')
 flags.DEFINE_string('out', None, 'JSON output path (default runs/detect/<ckpt name>/detect.json).')
 flags.DEFINE_bool('plot', True, 'Also write a PNG of the score distributions and ROC curves.')
-flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
 
 

@@ -12,20 +12,15 @@ from scaleup_jax.xla_flags import set_default_xla_flags
 
 set_default_xla_flags()
 
-import sys  # noqa: E402
-
 from absl import app, flags, logging  # noqa: E402
 
 from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of a trained model (default: the zoo BadNets ResNet-20).')
-flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-flags.DEFINE_bool('download', None, 'Download CIFAR-10 if absent (default yes unless $SCALEUP_JAX_NO_DOWNLOAD=1).')
+cli.define_shared_flags('data_dir', 'download', 'batch_size', 'progress')
 flags.DEFINE_integer('num_per_class', 50, 'Benign images per class.')
-flags.DEFINE_integer('batch_size', 256, 'Images per compiled call.')
 flags.DEFINE_integer('seed', 0, 'Seed of the defender split (same as eval.detect).')
 flags.DEFINE_string('out', None, 'Output directory (default runs/diagnose/<model name>).')
-flags.DEFINE_bool('progress', True, 'Show progress bars.')
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +32,7 @@ def main(argv):
     result = run.run_diagnosis(run.DiagnoseOptions(
         ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, download=FLAGS.download,
         num_per_class=FLAGS.num_per_class, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-        out=FLAGS.out, progress=FLAGS.progress), command=' '.join(['python -m eval.diagnose'] + sys.argv[1:]))
+        out=FLAGS.out, progress=FLAGS.progress), command=cli.command_line('eval.diagnose'))
     print(report.summary_text(result))
     print(f"wrote {result['out']}/diagnose.json, diagnose.md, diagnose.png")
 

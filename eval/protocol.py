@@ -25,7 +25,7 @@ flags.DEFINE_list('ckpts', [], 'noise: run directories (default: every attacked 
 flags.DEFINE_integer('num_images', 1000, 'noise: evaluation images per model.')
 flags.DEFINE_integer('seed', 0, 'noise: seed of the split (as eval.detect); the noise uses seed + 1.')
 flags.DEFINE_string('compare_dir', 'docs/results/compare', 'forms: an eval.compare output directory.')
-flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+cli.define_shared_flags('data_dir')
 flags.DEFINE_string('out', 'runs/protocol', 'Output directory.')
 FLAGS = flags.FLAGS
 

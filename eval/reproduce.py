@@ -12,8 +12,6 @@ Writes reproduce.json, summary.md and one .md table and .png figure per
 experiment under --out.
 """
 
-import sys
-
 from scaleup_jax.xla_flags import set_default_xla_flags
 
 set_default_xla_flags()
@@ -39,9 +37,8 @@ flags.DEFINE_list('rate_ckpts', [], 'poison_rate: attacked models trained at sev
 flags.DEFINE_list('size_ckpts', [], 'trigger_size: attacked models trained with several trigger sizes.')
 flags.DEFINE_string('adaptive_ckpt', None, 'adaptive: a model trained with the adaptive attack.')
 flags.DEFINE_integer('seed', 0, 'Seed of the split, bootstrap, draws and noise.')
-flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR).')
 flags.DEFINE_string('out', 'docs/results/reproduce', 'Output directory.')
-flags.DEFINE_bool('progress', True, 'Show progress bars.')
+cli.define_shared_flags('data_dir', 'progress')
 FLAGS = flags.FLAGS
 
 
@@ -61,7 +58,7 @@ def main(argv):
         rate_ckpts=tuple(FLAGS.rate_ckpts), size_ckpts=tuple(FLAGS.size_ckpts),
         adaptive_ckpt=FLAGS.adaptive_ckpt, seed=FLAGS.seed, data_dir=FLAGS.data_dir,
         out=FLAGS.out, progress=FLAGS.progress,
-        command='python -m eval.reproduce ' + ' '.join(sys.argv[1:]))
+        command=cli.command_line('eval.reproduce'))
     summary = reproduce.reproduce(opts)
     for name, r in summary['experiments'].items():
       status = f"ok ({r['seconds']:.0f} s)" if r['status'] == 'ok' else f"skipped: {r['reason']}"

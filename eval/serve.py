@@ -21,6 +21,7 @@ set_default_xla_flags()
 from absl import app, flags, logging  # noqa: E402
 
 from scaleup_jax import cli  # noqa: E402
+from scaleup_jax.validation import InputError  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of the served model (default: the zoo BadNets ResNet-20).')
 flags.DEFINE_string('calibration', None, 'Saved calibrated detector (eval.detect --save_detectors, or '
@@ -34,8 +35,7 @@ flags.DEFINE_string('rule', 'conformal', 'Calibration rule of --calibrate: confo
 flags.DEFINE_list('scales', ['3', '5', '7', '9', '11'], 'Scale set of a new calibration.')
 flags.DEFINE_integer('num_defense_per_class', 100, 'Defender (calibration) images per class.')
 flags.DEFINE_integer('seed', 0, 'Seed of the defender split (as eval.detect) and of the tie coins.')
-flags.DEFINE_string('data_dir', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-flags.DEFINE_bool('download', None, 'Download CIFAR-10 if absent (default yes unless $SCALEUP_JAX_NO_DOWNLOAD=1).')
+cli.define_shared_flags('data_dir', 'download')
 flags.DEFINE_bool('detection', True, 'Run SCALE-UP; --nodetection serves the bare model (the baseline).')
 flags.DEFINE_enum('policy', 'flag', ['flag', 'block'], 'flag: return the label and mark it; block: withhold it.')
 flags.DEFINE_list('buckets', ['1', '8', '32'], 'Batch sizes compiled at start-up.')
@@ -96,7 +96,7 @@ def main(argv):
       else:
         serve(config, say=lambda s: print(s, flush=True))
     except StoreError as e:
-      raise ValueError(str(e)) from None
+      raise InputError(str(e)) from None  # a store the flags point at is unusable: one line
 
 
 if __name__ == '__main__':

@@ -7,6 +7,8 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from scaleup_jax.validation import InputError
+
 
 def pad_to(batch: np.ndarray, size: int) -> np.ndarray:
   """Pads axis 0 of ``batch`` to ``size`` by repeating its last row."""
@@ -45,7 +47,7 @@ def map_batches(
   """
   n = len(images)
   if n == 0:
-    raise ValueError('no images to process (got an empty array)')
+    raise InputError('no images to process (got an empty array)')
   outs = []
   starts = range(0, n, batch_size)
   for start in tqdm(starts, desc=desc, disable=not progress, unit='batch', leave=False):

@@ -1,4 +1,4 @@
-"""Shared helpers for the command-line entry points."""
+"""Shared helpers for the command-line entry points: user errors, shared flags, list flags."""
 
 from __future__ import annotations
 
@@ -12,13 +12,26 @@ from scaleup_jax.paths import ZooNotFoundError
 from scaleup_jax.validation import InputError
 
 
+# The deliberate user errors: a bad flag, file, shape or name, a damaged or missing run, file,
+# dataset or zoo. Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (InputError, CheckpointError, IntegrityError, DatasetNotFoundError, ZooNotFoundError)
+
+
 @contextlib.contextmanager
 def friendly_errors():
-  """Turns the project's expected errors into a one-line message and exit code 2."""
+  """Turns the user errors of :data:`USER_ERRORS` into a one-line message and exit code 2.
+
+  Only those: a plain ``ValueError`` (or any other exception) raised inside is
+  an internal bug and propagates with its traceback.
+
+  Example:
+    >>> with friendly_errors():
+    ...   raise InputError('--scales must be numbers')   # doctest: +SKIP
+    error: --scales must be numbers                     (on stderr; exit code 2)
+  """
   try:
     yield
-  except (CheckpointError, IntegrityError, DatasetNotFoundError, ZooNotFoundError, InputError,
-          ValueError) as e:
+  except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
@@ -36,3 +49,53 @@ def numbers(name: str, values, cast=float) -> tuple | None:
     return tuple(cast(v) for v in values)
   except ValueError:
     raise InputError(f'--{name} must be numbers; got {list(values)}') from None
+
+
+# Flags that several absl entry points (eval.detect, compare, diagnose, protocol, reproduce, serve)
+# take with the same meaning: {name: (kind, default, help)}; defined by define_shared_flags.
+SHARED_FLAGS = {
+    'data_dir': ('string', None, 'tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).'),
+    'download': ('bool', None, 'Download and prepare CIFAR-10 if it is absent (the default, unless '
+                 '$SCALEUP_JAX_NO_DOWNLOAD=1); --nodownload forbids it.'),
+    'batch_size': ('integer', 256, 'Images per compiled call.'),
+    'progress': ('bool', True, 'Show progress bars.'),
+}
+
+
+def define_shared_flags(*names: str, flag_values=None) -> None:
+  """Defines the :data:`SHARED_FLAGS` ``names`` as absl flags, one definition and help text each.
+
+  Args:
+    *names: keys of :data:`SHARED_FLAGS`, in the order ``--help`` lists them.
+    flag_values: the ``absl.flags.FlagValues`` to define them in (default ``flags.FLAGS``).
+
+  Raises:
+    KeyError: a name that is not a shared flag (a bug of the entry point).
+
+  Example:
+    >>> from absl import flags
+    >>> define_shared_flags('data_dir', 'progress')          # doctest: +SKIP
+    >>> flags.FLAGS.progress                                 # doctest: +SKIP
+    True
+  """
+  from absl import flags
+  # The flags belong to the entry point that asks for them (its --helpshort lists them), not
+  # to this module: absl attributes a DEFINE to the first calling module not disclaimed.
+  flags.disclaim_key_flags()
+  fv = flags.FLAGS if flag_values is None else flag_values
+  define = {'string': flags.DEFINE_string, 'bool': flags.DEFINE_bool,
+            'integer': flags.DEFINE_integer}
+  for name in names:
+    kind, default, help_text = SHARED_FLAGS[name]
+    define[kind](name, default, help_text, flag_values=fv)
+
+
+def command_line(module: str, argv=None) -> str:
+  """The command that ran, as recorded in outputs: ``python -m <module> <args>``.
+
+  Example:
+    >>> command_line('eval.compare', ['prog', '--seed', '1'])
+    'python -m eval.compare --seed 1'
+  """
+  args = (sys.argv if argv is None else argv)[1:]
+  return ' '.join(['python -m ' + module, *args])

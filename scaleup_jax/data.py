@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scaleup_jax.validation import InputError
+
 
 class DatasetNotFoundError(FileNotFoundError):
   """A tfds dataset is not prepared in any directory that was searched."""
@@ -218,7 +220,7 @@ def load_split(
     prepare_dataset(name, path)
   source = tfds.data_source(name, data_dir=str(path), download=False)
   if split not in source:
-    raise ValueError(f'dataset {name!r} has no split {split!r}; it has {sorted(source)}')
+    raise InputError(f'dataset {name!r} has no split {split!r}; it has {sorted(source)}')
   ds = source[split]
   n = len(ds) if max_examples is None else min(max_examples, len(ds))
   images = np.empty((n,) + tuple(ds[0]['image'].shape), np.uint8)

@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from scaleup_jax.validation import InputError
+
 # Channel statistics of the CIFAR-10 training set (pixel space [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -115,7 +117,7 @@ MODELS = {
 def get_model(name: str, num_classes: int = 10, **kwargs) -> ResNet:
   """Returns the preset ``name`` (one of :data:`MODELS`) for ``num_classes``."""
   if name not in MODELS:
-    raise ValueError(
+    raise InputError(
         f'unknown model {name!r}; expected one of {sorted(MODELS)}'
     )
   return MODELS[name](num_classes=num_classes, **kwargs)

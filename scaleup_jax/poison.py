@@ -9,6 +9,9 @@ which covers BadNets (a binary patch mask) and Blended (a constant mask equal
 to the blend ratio alpha). Indices to poison are chosen from an explicit PRNG
 key, so the same key gives the same indices and bit-identical images.
 
+The attacks by name (the full recipes, which call the trigger factories here)
+are :data:`scaleup_jax.attacks.ATTACKS`, the one registry.
+
 References:
   Gu et al., "BadNets: Identifying Vulnerabilities in the Machine Learning
   Model Supply Chain", 2017. https://arxiv.org/abs/1708.06733
@@ -25,6 +28,8 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scaleup_jax.validation import InputError
 
 CORNERS = ('bottom_right', 'bottom_left', 'top_right', 'top_left')
 
@@ -118,7 +123,7 @@ def trigger_from_arrays(arrays: Mapping[str, Any]):
   """Rebuilds a trigger from its ``arrays()`` plus ``'kind'`` (default ``'mask'``)."""
   kind = str(np.asarray(arrays.get('kind', 'mask')))
   if kind not in TRIGGER_KINDS:
-    raise ValueError(f'unknown trigger kind {kind!r}; expected one of {sorted(TRIGGER_KINDS)}')
+    raise InputError(f'unknown trigger kind {kind!r}; expected one of {sorted(TRIGGER_KINDS)}')
   module, name = TRIGGER_KINDS[kind].split(':')
   cls = getattr(importlib.import_module(module), name)
   return cls.from_arrays({k: v for k, v in arrays.items() if k != 'kind'})
@@ -167,7 +172,7 @@ def apply_trigger(images, mask, pattern):
   """
   xp = jnp if isinstance(images, jax.Array) else np
   if images.shape[-3:] != mask.shape or mask.shape != pattern.shape:
-    raise ValueError(
+    raise InputError(
         f'trigger shapes mask {mask.shape} / pattern {pattern.shape} do not match '
         f'image shape {images.shape[-3:]}'
     )
@@ -203,9 +208,9 @@ def badnets_trigger(
   """
   h, w, c = image_shape
   if corner not in CORNERS:
-    raise ValueError(f'unknown corner {corner!r}; expected one of {CORNERS}')
+    raise InputError(f'unknown corner {corner!r}; expected one of {CORNERS}')
   if not 1 <= size <= min(h, w) - margin:
-    raise ValueError(f'patch size {size} does not fit an image of {h}x{w} with margin {margin}')
+    raise InputError(f'patch size {size} does not fit an image of {h}x{w} with margin {margin}')
   top = margin if corner.startswith('top') else h - margin - size
   left = margin if corner.endswith('left') else w - margin - size
   mask = np.zeros(image_shape, np.float32)
@@ -220,7 +225,7 @@ def badnets_trigger(
     board = (np.indices((size, size)).sum(0) % 2).astype(np.float32)
     patch = np.repeat(board[..., None], c, axis=-1)
   else:
-    raise ValueError(f"unknown patch pattern {pattern!r}; expected one of {PATCH_PATTERNS}")
+    raise InputError(f"unknown patch pattern {pattern!r}; expected one of {PATCH_PATTERNS}")
   full = np.zeros(image_shape, np.float32)
   full[top : top + size, left : left + size, :] = patch
   return Trigger(mask, full)
@@ -241,23 +246,12 @@ def blended_trigger(
     pattern: optional ``(H, W, C)`` pattern in [0, 1]; uniform noise by default.
   """
   if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f'blend ratio alpha must be in [0, 1], got {alpha}')
+    raise InputError(f'blend ratio alpha must be in [0, 1], got {alpha}')
   if pattern is None:
     pattern = np.asarray(jax.random.uniform(key, tuple(image_shape)), np.float32)
   pattern = np.asarray(pattern, np.float32)
   mask = np.full(image_shape, alpha, np.float32)
   return Trigger(mask, pattern)
-
-
-# Trigger factories that need no model; the full attack recipes are in scaleup_jax.attacks.
-ATTACKS = {'badnets': badnets_trigger, 'blended': blended_trigger}
-
-
-def make_trigger(name: str, key: jax.Array, image_shape=(32, 32, 3), **kwargs) -> Trigger:
-  """Builds the trigger of ``name`` (one of :data:`ATTACKS`)."""
-  if name not in ATTACKS:
-    raise ValueError(f'unknown trigger {name!r}; expected one of {sorted(ATTACKS)}')
-  return ATTACKS[name](key, image_shape, **kwargs)
 
 
 def draw_target(key: jax.Array, num_classes: int, avoid: Sequence[int] = ()) -> int:
@@ -283,7 +277,7 @@ def draw_target(key: jax.Array, num_classes: int, avoid: Sequence[int] = ()) -> 
   """
   allowed = np.setdiff1d(np.arange(num_classes), np.asarray(avoid, np.int64))
   if len(allowed) == 0:
-    raise ValueError(f'draw_target: avoid={tuple(avoid)} leaves none of {num_classes} classes')
+    raise InputError(f'draw_target: avoid={tuple(avoid)} leaves none of {num_classes} classes')
   return int(allowed[int(jax.random.randint(key, (), 0, len(allowed)))])
 
 
@@ -315,7 +309,7 @@ def select_poison_indices(
   """
   labels = np.asarray(labels)
   if not 0.0 <= rate <= 1.0:
-    raise ValueError(f'poisoning rate must be in [0, 1], got {rate}')
+    raise InputError(f'poisoning rate must be in [0, 1], got {rate}')
   candidate = np.ones(labels.shape, bool)
   if source_classes is not None:
     candidate &= np.isin(labels, np.asarray(source_classes))
@@ -324,7 +318,7 @@ def select_poison_indices(
   candidates = np.flatnonzero(candidate)
   n = int(round(rate * len(labels)))
   if n > len(candidates):
-    raise ValueError(
+    raise InputError(
         f'poisoning rate {rate} asks for {n} images but only {len(candidates)} '
         f'candidates match (target={target}, source_classes={source_classes})'
     )

@@ -38,7 +38,7 @@ import numpy as np
 
 from scaleup_jax.models import CIFAR10_MEAN, CIFAR10_STD, ResNet
 from scaleup_jax.scaleup import DEFAULT_SCALES
-from scaleup_jax.validation import check_scales
+from scaleup_jax.validation import InputError, check_scales
 
 LAYOUTS = ('NHWC', 'NCHW')
 
@@ -122,7 +122,7 @@ def _modules() -> Any:
                  in_channels: int = 3, input_layout: str = 'NHWC'):
       super().__init__()
       if input_layout not in LAYOUTS:
-        raise ValueError(f'input_layout must be one of {LAYOUTS}; got {input_layout!r}')
+        raise InputError(f'input_layout must be one of {LAYOUTS}; got {input_layout!r}')
       self.input_layout = input_layout
       self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
       self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -141,7 +141,7 @@ def _modules() -> Any:
     def forward(self, x):
       """Maps pixels ``(B, H, W, C)`` (or ``(B, C, H, W)``) in [0, 1] to float32 logits ``(B, K)``."""
       if x.ndim != 4:
-        raise ValueError(f'expected a 4-d {self.input_layout} batch; got shape {tuple(x.shape)}')
+        raise InputError(f'expected a 4-d {self.input_layout} batch; got shape {tuple(x.shape)}')
       if self.input_layout == 'NHWC':
         x = x.permute(0, 3, 1, 2)
       x = ((x - self.mean) / self.std).to(self.stem_conv.weight.dtype)
@@ -206,7 +206,7 @@ def flax_to_torch(model, variables, input_layout: str = 'NHWC', dtype=None):
   if not isinstance(model, ResNet):
     raise TypeError(f'flax_to_torch converts scaleup_jax.models.ResNet; got {type(model).__name__}')
   if 'params' not in variables or 'batch_stats' not in variables:
-    raise ValueError(
+    raise InputError(
         f"variables must hold 'params' and 'batch_stats'; got keys {sorted(variables)}")
   params = {k: np.asarray(v, np.float32) for k, v in _flatten(variables['params']).items()}
   stats = {k: np.asarray(v, np.float32) for k, v in _flatten(variables['batch_stats']).items()}
@@ -217,12 +217,12 @@ def flax_to_torch(model, variables, input_layout: str = 'NHWC', dtype=None):
 
   def take(store, used, key, shape, kind):
     if key not in store:
-      raise ValueError(f"Flax {kind} {'/'.join(key)} is missing; the variables do not fit "
+      raise InputError(f"Flax {kind} {'/'.join(key)} is missing; the variables do not fit "
                        f'{type(model).__name__}(stage_sizes={tuple(model.stage_sizes)}, '
                        f'num_filters={model.num_filters})')
     arr = store[key]
     if arr.shape != tuple(shape):
-      raise ValueError(f"Flax {kind} {'/'.join(key)} has shape {arr.shape}; expected {tuple(shape)}")
+      raise InputError(f"Flax {kind} {'/'.join(key)} has shape {arr.shape}; expected {tuple(shape)}")
     used.add(key)
     return torch.from_numpy(arr.copy())
 
@@ -255,7 +255,7 @@ def flax_to_torch(model, variables, input_layout: str = 'NHWC', dtype=None):
 
   unused = sorted('/'.join(k) for k in (set(params) - used_params) | (set(stats) - used_stats))
   if unused:
-    raise ValueError(f'Flax variables not used by the PyTorch port (architecture mismatch?): {unused}')
+    raise InputError(f'Flax variables not used by the PyTorch port (architecture mismatch?): {unused}')
   if dtype is not None:
     net = net.to(dtype)
     net.mean.data = net.mean.data.float()

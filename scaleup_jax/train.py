@@ -33,6 +33,7 @@ from scaleup_jax import models
 from scaleup_jax import poison
 from scaleup_jax import scaleup
 from scaleup_jax.batching import map_batches
+from scaleup_jax.validation import InputError
 
 
 class TrainState(train_state.TrainState):
@@ -199,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   at the end, ``metrics.json``; a kill at any point resumes to the same model.
   """
   if int(config.num_epochs) < 1:
-    raise ValueError(f'num_epochs must be at least 1, got {config.num_epochs}')
+    raise InputError(f'num_epochs must be at least 1, got {config.num_epochs}')
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.time()
@@ -212,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models.get_model(config.model, train.num_classes)
   steps_per_epoch = len(train) // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'batch_size {config.batch_size} exceeds the {len(train)} training images')
+    raise InputError(f'batch_size {config.batch_size} exceeds the {len(train)} training images')
   tx = make_optimizer(config, steps_per_epoch)
   state = create_train_state(k_init, model, train.images.shape[1:], tx)
 

@@ -6,7 +6,43 @@ import numpy as np
 
 
 class InputError(ValueError):
-  """Images or scales that the detector cannot score correctly."""
+  """A value the user gave that cannot be used: a flag, option, file, array shape or name.
+
+  The message names the offending value. The entry points print it as one line
+  with exit code 2 (:func:`scaleup_jax.cli.friendly_errors`); a plain
+  ``ValueError`` is left for internal invariants, which keep their traceback.
+  It subclasses ``ValueError``, so ``except ValueError`` still catches it.
+  """
+
+
+def check_image_batch(images) -> None:
+  """The part of :func:`check_images` that needs no values: rank 4 and a float dtype.
+
+  Works on traced arrays too (inside ``jax.jit``, where values are unknown), so
+  jitted image transforms check their input with it; host code that has the
+  values calls :func:`check_images`, which starts with this.
+
+  Args:
+    images: a ``(B, H, W, C)`` array (numpy, jax or a tracer).
+
+  Raises:
+    InputError: wrong rank, or a dtype that is not floating point.
+
+  Example:
+    >>> check_image_batch(np.zeros((2, 32, 32, 3), np.float32))  # passes silently
+    >>> try:
+    ...   check_image_batch(np.zeros((2, 32, 32, 3), np.uint8))
+    ... except InputError as e:
+    ...   print(e)
+    images must be floating point in [0, 1]; got dtype uint8 (uint8 images: divide by 255 first)
+  """
+  shape = tuple(np.shape(images))
+  if len(shape) != 4:
+    raise InputError(f'images must have shape (B, H, W, C); got rank {len(shape)} shape {shape}')
+  dtype = np.dtype(images.dtype) if hasattr(images, 'dtype') else np.asarray(images).dtype
+  if not (np.issubdtype(dtype, np.floating) or dtype.name == 'bfloat16'):
+    hint = ' (uint8 images: divide by 255 first)' if dtype == np.uint8 else ''
+    raise InputError(f'images must be floating point in [0, 1]; got dtype {dtype}{hint}')
 
 
 def check_images(images, image_shape=None) -> np.ndarray:
@@ -16,9 +52,12 @@ def check_images(images, image_shape=None) -> np.ndarray:
     images: array-like ``(B, H, W, C)`` of floats in [0, 1].
     image_shape: expected ``(H, W, C)``, if known.
 
+  Returns:
+    ``images`` as a float32 numpy array (no copy when it already is one).
+
   Raises:
-    InputError: wrong rank or shape, non-float dtype, NaN/inf, or values
-      outside [0, 1] (these are reported, never clipped silently).
+    InputError: wrong rank or shape, an empty batch, non-float dtype, NaN/inf,
+      or values outside [0, 1] (these are reported, never clipped silently).
   """
   arr = np.asarray(images)
   if arr.ndim != 4:
@@ -27,9 +66,7 @@ def check_images(images, image_shape=None) -> np.ndarray:
     raise InputError(f'images have shape {arr.shape[1:]} per image; the model expects {tuple(image_shape)}')
   if arr.shape[0] == 0:
     raise InputError('images is empty (batch size 0)')
-  if not np.issubdtype(arr.dtype, np.floating):
-    hint = ' (uint8 images: divide by 255 first)' if arr.dtype == np.uint8 else ''
-    raise InputError(f'images must be floating point in [0, 1]; got dtype {arr.dtype}{hint}')
+  check_image_batch(arr)
   bad = ~np.isfinite(arr)
   if bad.any():
     raise InputError(f'images contain {int(bad.sum())} NaN/inf values (first at index {tuple(int(i) for i in np.argwhere(bad)[0])})')

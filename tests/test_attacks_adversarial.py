@@ -7,6 +7,7 @@ import pytest
 
 from scaleup_jax import poison
 from scaleup_jax.attacks import adversarial as adv
+from scaleup_jax.validation import InputError
 
 
 def linear_apply(variables, images):
@@ -118,18 +119,18 @@ def test_pgd_dataset_pads_last_batch_and_matches_one_call():
     (dict(steps=1.5), 'steps must be'),
 ])
 def test_pgd_rejects_bad_budget(kwargs, match):
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(InputError, match=match):
     adv.pgd_untargeted(jax.random.key(0), linear_apply, _linear(), _images(2), np.array([0, 1]),
                        **kwargs)
 
 
 def test_pgd_rejects_bad_inputs():
   v = _linear()
-  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+  with pytest.raises(InputError, match=r'\[0, 1\]'):
     adv.pgd_untargeted(jax.random.key(0), linear_apply, v, _images(2) + 1.0, np.array([0, 1]))
-  with pytest.raises(ValueError, match=r'labels must have shape \(2,\)'):
+  with pytest.raises(InputError, match=r'labels must have shape \(2,\)'):
     adv.pgd_untargeted(jax.random.key(0), linear_apply, v, _images(2), np.array([0, 1, 2]))
-  with pytest.raises(ValueError, match='unknown PGD options'):
+  with pytest.raises(InputError, match='unknown PGD options'):
     adv.pgd_dataset(jax.random.key(0), linear_apply, v, _images(2), np.array([0, 1]), alpha=0.1)
 
 
@@ -167,9 +168,9 @@ def test_tuap_is_seeded_and_validates():
   run = lambda k: adv.targeted_uap(jax.random.key(k), linear_apply, v, x, 1, eps=0.2, steps=2,
                                    batch_size=4, lr=0.003, progress=False)
   np.testing.assert_array_equal(run(0), run(0))
-  with pytest.raises(ValueError, match='eps must be in'):
+  with pytest.raises(InputError, match='eps must be in'):
     adv.targeted_uap(jax.random.key(0), linear_apply, v, x, 1, eps=2.0, progress=False)
-  with pytest.raises(ValueError, match='target must be'):
+  with pytest.raises(InputError, match='target must be'):
     adv.targeted_uap(jax.random.key(0), linear_apply, v, x, -1, progress=False)
 
 
@@ -183,9 +184,9 @@ def test_fooling_rate_can_leave_out_target_class():
   preds = np.asarray(jnp.argmax(linear_apply(v, jnp.asarray(np.clip(x + delta, 0, 1))), -1))
   assert full == pytest.approx(np.mean(preds == 1))
   assert part == pytest.approx(np.mean(preds[5:] == 1))
-  with pytest.raises(ValueError, match='delta shape'):
+  with pytest.raises(InputError, match='delta shape'):
     adv.uap_fooling_rate(linear_apply, v, x, np.zeros((4, 4, 1)), 1)
-  with pytest.raises(ValueError, match='target class 1'):
+  with pytest.raises(InputError, match='target class 1'):
     adv.uap_fooling_rate(linear_apply, v, x, delta, 1, labels=np.ones(10, int))
 
 
@@ -218,9 +219,9 @@ def test_additive_clips_and_is_jittable():
   np.testing.assert_allclose(trig.apply(x[0]), expected, atol=1e-7)  # A single image.
   jitted = jax.jit(trig.apply)(jnp.asarray(x))
   np.testing.assert_allclose(np.asarray(jitted), trig.apply(x), atol=1e-7)
-  with pytest.raises(ValueError, match='does not match image shape'):
+  with pytest.raises(InputError, match='does not match image shape'):
     trig.apply(np.zeros((1, 3, 3, 1), np.float32))
-  with pytest.raises(ValueError, match='float pixels'):
+  with pytest.raises(InputError, match='float pixels'):
     trig.apply(np.zeros((1, 2, 2, 1), np.uint8))
 
 
@@ -232,11 +233,11 @@ def test_additive_round_trips_through_arrays_and_rejects_bad_delta():
   via_kind = poison.trigger_from_arrays({'kind': np.asarray('additive'), **trig.arrays()})
   assert isinstance(via_kind, adv.AdditiveTrigger)
   np.testing.assert_array_equal(via_kind.delta, delta)
-  with pytest.raises(ValueError, match="'delta'"):
+  with pytest.raises(InputError, match="'delta'"):
     adv.AdditiveTrigger.from_arrays({'mask': delta})
-  with pytest.raises(ValueError, match=r'shape \(H, W, C\)'):
+  with pytest.raises(InputError, match=r'shape \(H, W, C\)'):
     adv.AdditiveTrigger(np.zeros((4, 4)))
-  with pytest.raises(ValueError, match=r'\[-1, 1\]'):
+  with pytest.raises(InputError, match=r'\[-1, 1\]'):
     adv.AdditiveTrigger(np.full((2, 2, 1), 2.0))
 
 
@@ -314,13 +315,13 @@ def test_label_consistent_is_deterministic_and_validates():
   for t in (b, c):
     np.testing.assert_array_equal(a.mask, t.mask)
     np.testing.assert_array_equal(a.pattern, t.pattern)
-  with pytest.raises(ValueError, match="'reference' is Turner"):
+  with pytest.raises(InputError, match="'reference' is Turner"):
     adv.label_consistent_trigger(jax.random.key(0), size=4)
-  with pytest.raises(ValueError, match='overlap'):
+  with pytest.raises(InputError, match='overlap'):
     adv.label_consistent_trigger(jax.random.key(0), (5, 5, 3))
-  with pytest.raises(ValueError, match='amplitude must be'):
+  with pytest.raises(InputError, match='amplitude must be'):
     adv.label_consistent_trigger(jax.random.key(0), amplitude=0.0)
-  with pytest.raises(ValueError, match='corners must be'):
+  with pytest.raises(InputError, match='corners must be'):
     adv.label_consistent_trigger(jax.random.key(0), corners=5)
-  with pytest.raises(ValueError, match="unknown patch pattern 'dots'"):
+  with pytest.raises(InputError, match="unknown patch pattern 'dots'"):
     adv.label_consistent_trigger(jax.random.key(0), pattern='dots')

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scaleup_jax.attacks import issba
+from scaleup_jax.validation import InputError
 
 # Tiny architecture so every test runs in seconds on a busy CPU.
 TINY = dict(encoder_widths=(4, 8), decoder_widths=(4, 8), secret_map=4, decoder_hidden=16)
@@ -119,26 +120,26 @@ def test_training_reduces_loss(images):
 
 def test_errors(trained, images):
   trig, _ = trained
-  with pytest.raises(ValueError, match='secret'):
+  with pytest.raises(InputError, match='secret'):
     issba.EncoderTrigger(params=trig.params, secret=np.ones(L + 1, np.float32),
                          image_shape=(16, 16, 3), widths=(4, 8), secret_map=4)
-  with pytest.raises(ValueError, match='0/1'):
+  with pytest.raises(InputError, match='0/1'):
     issba.EncoderTrigger(params=trig.params, secret=np.full(L, 0.5, np.float32),
                          image_shape=(16, 16, 3), widths=(4, 8), secret_map=4)
-  with pytest.raises(ValueError, match=r'\(\.\.\., 16, 16, 3\)'):
+  with pytest.raises(InputError, match=r'\(\.\.\., 16, 16, 3\)'):
     trig.apply(np.zeros((2, 32, 32, 3), np.float32))
-  with pytest.raises(ValueError, match='dtype'):
+  with pytest.raises(InputError, match='dtype'):
     trig.apply(np.zeros((2, 16, 16, 3), np.uint8))
   enc = issba.StegaEncoder(L, (4, 8), 4)
-  with pytest.raises(ValueError, match='secret_len=8'):
+  with pytest.raises(InputError, match='secret_len=8'):
     enc.init(jax.random.key(0), images[:2], jnp.zeros((2, L + 2)))
-  with pytest.raises(ValueError, match='divisible'):
+  with pytest.raises(InputError, match='divisible'):
     enc.init(jax.random.key(0), jnp.zeros((2, 15, 15, 3)), jnp.zeros((2, L)))
-  with pytest.raises(ValueError, match='shape'):
+  with pytest.raises(InputError, match='shape'):
     issba.train_stegastamp(jax.random.key(0), images[0], secret_len=L, steps=1, **TINY)
-  with pytest.raises(ValueError, match='steps'):
+  with pytest.raises(InputError, match='steps'):
     issba.train_stegastamp(jax.random.key(0), images, secret_len=L, steps=0, **TINY)
-  with pytest.raises(ValueError, match='lack'):
+  with pytest.raises(InputError, match='lack'):
     issba.EncoderTrigger.from_arrays({'secret': trig.secret})
 
 
@@ -166,5 +167,5 @@ def test_strength_defaults_to_one_for_old_arrays_and_is_validated(trained, image
   assert issba.EncoderTrigger.from_arrays(arrays).strength == 1.0
   import dataclasses
   for bad in (0.0, -1.0, float('nan')):
-    with pytest.raises(ValueError, match='strength must be a finite number > 0'):
+    with pytest.raises(InputError, match='strength must be a finite number > 0'):
       dataclasses.replace(trig, strength=bad)

@@ -9,6 +9,7 @@ import pytest
 
 from scaleup_jax.attacks import physical, wanet
 from scaleup_jax.baselines import image_ops
+from scaleup_jax.validation import InputError
 
 
 def _images(b=2, h=8, w=8, c=3, seed=0):
@@ -79,7 +80,7 @@ def test_grid_sample_per_image_grids():
   out = np.asarray(wanet.grid_sample(jnp.asarray(x), np.stack([ident, flip])))
   np.testing.assert_allclose(out[0], x[0], atol=1e-5)
   np.testing.assert_allclose(out[1], x[1, :, ::-1], atol=1e-5)
-  with pytest.raises(ValueError, match='grid must have shape'):
+  with pytest.raises(InputError, match='grid must have shape'):
     wanet.grid_sample(jnp.asarray(x), np.zeros((3, 4, 4, 2), np.float32))
 
 
@@ -106,7 +107,7 @@ def test_trigger_numpy_jax_dtype_range_and_jit():
   yj = jax.jit(trig.apply)(jnp.asarray(x))
   assert isinstance(yj, jax.Array) and yj.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(yj), y, atol=1e-6)
-  with pytest.raises(ValueError, match='do not match the warp grid'):
+  with pytest.raises(InputError, match='do not match the warp grid'):
     trig.apply(_images(1, 6, 6))
 
 
@@ -116,7 +117,7 @@ def test_trigger_round_trip():
   np.testing.assert_array_equal(again.grid, trig.grid)
   x = _images(1)
   np.testing.assert_array_equal(again.apply(x), trig.apply(x))
-  with pytest.raises(ValueError, match="'grid'"):
+  with pytest.raises(InputError, match="'grid'"):
     wanet.WarpTrigger.from_arrays({})
 
 
@@ -124,11 +125,11 @@ def test_backdoor_grid_formula_and_validation():
   ident, noise = wanet.make_wanet_grids(jax.random.key(0), 8)
   g = wanet.backdoor_grid(ident, noise, s=0.5, grid_rescale=0.9)
   np.testing.assert_allclose(g, np.clip((ident + 0.5 * noise / 8) * 0.9, -1, 1), atol=1e-7)
-  with pytest.raises(ValueError, match='s must be >= 0'):
+  with pytest.raises(InputError, match='s must be >= 0'):
     wanet.backdoor_grid(ident, noise, s=-1.0)
-  with pytest.raises(ValueError, match='square'):
+  with pytest.raises(InputError, match='square'):
     wanet.wanet_trigger(jax.random.key(0), (8, 6, 3))
-  with pytest.raises(ValueError, match='k must be'):
+  with pytest.raises(InputError, match='k must be'):
     wanet.make_wanet_grids(jax.random.key(0), 8, k=9)
 
 
@@ -229,11 +230,11 @@ def test_physical_transform_range_seed_and_flags():
 
 def test_physical_validation():
   x = jnp.asarray(_images(1))
-  with pytest.raises(ValueError, match='brightness must be >= 0'):
+  with pytest.raises(InputError, match='brightness must be >= 0'):
     physical.color_jitter(jax.random.key(0), x, brightness=-0.1)
-  with pytest.raises(ValueError, match='scale range'):
+  with pytest.raises(InputError, match='scale range'):
     physical.physical_batch_transform(scale=(0.0, 1.0))
-  with pytest.raises(ValueError, match='translate'):
+  with pytest.raises(InputError, match='translate'):
     physical.random_affine(jax.random.key(0), x, translate=(1.5, 0.0))
-  with pytest.raises(ValueError, match='1 or 3 channels'):
+  with pytest.raises(InputError, match='1 or 3 channels'):
     physical.adjust_contrast(jnp.zeros((1, 2, 2, 2)), 0.5)

@@ -292,7 +292,7 @@ def test_synthetic_poison_and_a_short_training_run():
 
 
 def test_registry_unknown_name_lists_the_known_ones():
-  with pytest.raises(ValueError, match='known detectors: scaleup, strip, shrinkpad'):
+  with pytest.raises(InputError, match='known detectors: scaleup, strip, shrinkpad'):
     detectors.make('neural_cleanse', constant_apply, key=0)
   assert detectors.canonical_name('IBD-PSC') == 'ibd_psc'
   assert set(detectors.NAMES) == {'scaleup', 'strip', 'shrinkpad', 'deepsweep', 'frequency',

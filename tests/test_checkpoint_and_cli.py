@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, requires_cifar
 from scaleup_jax import checkpoint, data, train
 from scaleup_jax.checkpoint import CheckpointError
+from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20
 
 
@@ -144,7 +145,7 @@ def test_compare_table(quick_run, tmp_path):
   assert 'Command: `test`' in md and quick_run.name in md
   assert len(res['scaleup']['throughput']['load_average_1min']) == 2 and '| load |' in md
   assert (tmp_path / 'cmp' / 'auroc.png').is_file()
-  with pytest.raises(ValueError, match="unknown detector 'nope'"):
+  with pytest.raises(InputError, match="unknown detector 'nope'"):
     compare.compare(dataclasses.replace(opts, detectors=('nope',)))
   # Merging keeps rows of other models and refuses other settings.
   other = tmp_path / 'other_run'
@@ -155,7 +156,7 @@ def test_compare_table(quick_run, tmp_path):
   assert merged['results'][quick_run.name] == json.loads(
       json.dumps(summary['results'][quick_run.name]))
   assert 'Rows merged from: `test`' in (tmp_path / 'cmp' / 'compare.md').read_text()
-  with pytest.raises(ValueError, match='settings differ'):
+  with pytest.raises(InputError, match='settings differ'):
     compare.compare(dataclasses.replace(opts, ckpts=(str(other),), merge=True, num_images=20))
   # skip_done re-runs only models without a complete row (score files on disk).
   stamp = (tmp_path / 'cmp' / 'other_run' / 'strip.json').stat().st_mtime_ns

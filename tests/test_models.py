@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scaleup_jax import models
+from scaleup_jax.validation import InputError
 
 
 def n_params(model):
@@ -40,5 +41,5 @@ def test_normalisation_is_inside_the_model():
 
 
 def test_unknown_model():
-  with pytest.raises(ValueError, match="unknown model 'resnet50'"):
+  with pytest.raises(InputError, match="unknown model 'resnet50'"):
     models.get_model('resnet50')

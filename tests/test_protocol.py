@@ -508,7 +508,7 @@ def test_draw_target_covers_every_allowed_class_and_only_those():
 
 
 def test_draw_target_with_every_class_avoided_raises():
-  with pytest.raises(ValueError, match='leaves none of 10 classes'):
+  with pytest.raises(InputError, match='leaves none of 10 classes'):
     poison.draw_target(jax.random.key(0), 10, tuple(range(10)))
 
 
@@ -536,7 +536,7 @@ def test_v2_stored_run_has_the_drawn_target():
 
 @pytest.mark.parametrize('arg', ['', 'blended', 'badnets,wanet', 'quick', 'BadNets'])
 def test_v2_config_rejects_bad_args(arg):
-  with pytest.raises(ValueError, match='v2 config takes one attack name'):
+  with pytest.raises(InputError, match='v2 config takes one attack name'):
     v2.get_config(arg)
 
 
@@ -587,7 +587,7 @@ def test_evaluate_threads_the_data_limited_form(tmp_path):
   assert sum(res['class_stats']['count']) == 50
   np.testing.assert_array_equal(res['class_stats']['count'], 5)  # grouped by true class
   # reproduce rebuilds the same scores from the stored files.
-  b, p = reproduce._stored_scores(out, 'data-limited')
+  b, p = reproduce.experiments._stored_scores(out, 'data-limited')
   y = np.r_[np.zeros(len(b)), np.ones(len(p))]
   assert roc_auc_score(y, np.r_[b, p]) == pytest.approx(res['detection']['data-limited']['auroc'])
 

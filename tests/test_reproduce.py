@@ -12,7 +12,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import ROOT, requires_cifar
-from scaleup_jax import evaluate, reproduce, scaleup, train
+from scaleup_jax import evaluate, integrity, reproduce, scaleup, train
+from scaleup_jax.reproduce import experiments
 from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20
 
@@ -97,7 +98,7 @@ def test_consistency_scores_successful_or_all_poisoned(all_poisoned, positives):
   lms = {'benign': np.array([[1, 2, 2], [2, 2, 1]]),
          'poisoned': np.array([[0, 0, 0], [1, 1, 1], [2, 0, 0]]),
          'defense': np.array([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0], [2, 2, 0], [2, 0, 2]])}
-  s = reproduce._consistency_scores(lms, 0, 3, all_poisoned=all_poisoned)
+  s = experiments._consistency_scores(lms, 0, 3, all_poisoned=all_poisoned)
   np.testing.assert_allclose(s['data-free'][0], [0.0, 0.5])
   np.testing.assert_allclose(s['data-free'][1], positives)
   assert len(s['data-limited'][1]) == len(positives)
@@ -129,6 +130,58 @@ def test_noise_label_matrix_is_batch_invariant_and_exact_at_zero(tiny_model):
   assert a.shape == (2, 6, 4)
   np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(a[0], np.repeat(a[0][:, :1], 4, axis=1))  # std 0: no change
+
+
+def test_one_registry_names_every_experiment_with_its_three_parts():
+  assert list(reproduce.EXPERIMENTS) == [
+      'table1', 'fig2', 'fig3', 'roc', 'ablation_scales', 'ablation_defense_size',
+      'ablation_noise', 'poison_rate', 'trigger_size', 'adaptive']
+  for name, e in reproduce.EXPERIMENTS.items():
+    assert e.compute.__module__ == 'scaleup_jax.reproduce.experiments', name
+    assert e.table.__module__ == 'scaleup_jax.reproduce.report', name
+    assert e.plot.__module__ == 'scaleup_jax.reproduce.plots', name
+    assert e.title
+
+
+def test_experiments_module_neither_draws_nor_writes_files():
+  import ast
+  tree = ast.parse(Path(experiments.__file__).read_text())
+  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+  imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+  assert not any(m.startswith('matplotlib') for m in imported)
+  called = {n.func.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+  assert not called & {'write_text', 'write_bytes', 'savefig', 'open', 'atomic_write_text'}
+
+
+def _score_files(tmp_path):
+  path = tmp_path / 'scaleup.json'
+  path.write_text(json.dumps({'class_stats': {}}))
+  integrity.save_npz_checked(path.with_suffix('.scores.npz'), 'scores',
+                             benign_score=np.array([0.2, 0.4]), benign_pred=np.array([1, 2]),
+                             poisoned_score=np.array([1.0, 0.8, 0.6]),
+                             poisoned_pred=np.array([0, 0, 1]),
+                             successful=np.array([True, True, False]))
+  return path
+
+
+def test_stored_scores_reads_the_checked_score_file(tmp_path):
+  b, p = experiments._stored_scores(_score_files(tmp_path), 'data-free')
+  np.testing.assert_array_equal(b, [0.2, 0.4])
+  np.testing.assert_array_equal(p, [1.0, 0.8])  # the successful positives only
+
+
+def test_stored_scores_refuses_an_altered_or_truncated_score_file(tmp_path):
+  path = _score_files(tmp_path)
+  npz = path.with_suffix('.scores.npz')
+  arrays = dict(np.load(npz))
+  arrays['benign_score'] = np.array([0.2, 0.9])  # edited, checksum entry kept
+  np.savez(npz, **arrays)
+  with pytest.raises(integrity.IntegrityError, match='benign_score.*differs from its checksum'):
+    experiments._stored_scores(path, 'data-free')
+  npz.write_bytes(npz.read_bytes()[:40])
+  with pytest.raises(integrity.IntegrityError, match='not a readable .npz'):
+    experiments._stored_scores(path, 'data-free')
 
 
 def test_unknown_experiment_is_an_input_error():
@@ -229,7 +282,7 @@ def test_sweep_config_overrides_and_run_names(arg, rate, size, epochs, name):
 @pytest.mark.parametrize('arg', ['epochs=', 'lr=0.1', 'rate'])
 def test_sweep_config_rejects_unknown_overrides(arg):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
-  with pytest.raises(ValueError, match='expected rate=R, size=S, epochs=E or quick'):
+  with pytest.raises(InputError, match='expected rate=R, size=S, epochs=E or quick'):
     sweep_cfg.get_config(arg)
 
 
@@ -256,8 +309,8 @@ def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
 
 
 def _stub_sweep_ctx(tmp_path, runs):
-  """A Context stand-in for ``_sweep``: ``runs`` maps a path to (rate, epochs,
-  poisoned labels always the target?)."""
+  """A Context stand-in for ``experiments._sweep``: ``runs`` maps a path to
+  (rate, epochs, poisoned labels always the target?)."""
   from types import SimpleNamespace
   rng = np.random.default_rng(0)
   num_scales = len(reproduce.ALL_SCALES) + 1
@@ -272,7 +325,7 @@ def _stub_sweep_ctx(tmp_path, runs):
           config=SimpleNamespace(poison_rate=runs[p][0], num_epochs=runs[p][1]), target=0),
           test=SimpleNamespace(num_classes=10)),
       labels=lambda p: labels[p])
-  ctx.scaleup_scores = lambda p, all_poisoned=False: reproduce._scores_from_labels(
+  ctx.scaleup_scores = lambda p, all_poisoned=False: experiments._scores_from_labels(
       labels[p], 0, 10, reproduce.DEFAULT_SCALES, all_poisoned=all_poisoned)
   return ctx
 
@@ -281,8 +334,9 @@ def test_sweep_point_whose_backdoor_never_took_is_reported_not_fatal(tmp_path):
   """A sweep model with ASR 0 (e.g. a very low poisoning rate) has no successful
   positives: its successful-positive AUROCs are NaN ('–'), its '(all)' ones computed."""
   runs = {tmp_path / 'took': (0.1, 5, True), tmp_path / 'never': (0.004, 5, False)}
-  out = reproduce._sweep(_stub_sweep_ctx(tmp_path, runs), 'poison_rate', list(runs),
-                         'poison_rate', lambda c: c.poison_rate, all_poisoned=True)
+  outcome = experiments._sweep(_stub_sweep_ctx(tmp_path, runs), list(runs), 'poison_rate',
+                               lambda c: c.poison_rate, all_poisoned=True)
+  out = reproduce.render(tmp_path, 'poison_rate', outcome, 'cmd')
   never, took = out['rows']  # sorted by rate
   assert never['asr'] == 0.0 and np.isnan(never['data-free']) and np.isnan(never['data-limited'])
   assert 0.0 <= never['data-free (all)'] <= 1.0
@@ -298,8 +352,9 @@ def test_sweep_groups_models_by_training_schedule(tmp_path):
   base schedule's points, and the table says which schedule each row used."""
   runs = {tmp_path / 'r0.1': (0.1, 5, True), tmp_path / 'r0.05': (0.05, 5, False),
           tmp_path / 'r0.05_e10': (0.05, 10, True)}
-  out = reproduce._sweep(_stub_sweep_ctx(tmp_path, runs), 'poison_rate', list(runs),
-                         'poison_rate', lambda c: c.poison_rate, all_poisoned=True)
+  outcome = experiments._sweep(_stub_sweep_ctx(tmp_path, runs), list(runs), 'poison_rate',
+                               lambda c: c.poison_rate, all_poisoned=True)
+  out = reproduce.render(tmp_path, 'poison_rate', outcome, 'cmd')
   assert [(Path(r['ckpt']).name, r['epochs']) for r in out['rows']] == [
       ('r0.05', 5), ('r0.1', 5), ('r0.05_e10', 10)]
   assert out['rows'][2]['data-free'] == 1.0 and np.isnan(out['rows'][0]['data-free'])

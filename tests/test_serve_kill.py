@@ -8,19 +8,13 @@ and every logged flag must be in the store (records for requests whose answer
 never arrived are allowed: they were written before the answer).
 """
 
-import io
-import os
-import queue
-import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
 
 import httpx
 import numpy as np
-import pytest
 
 from conftest import ROOT
 from scaleup_jax.serve import testing
@@ -28,50 +22,17 @@ from scaleup_jax.serve import testing
 START_TIMEOUT_S = 180
 
 
-class ServerProcess:
-  def __init__(self, tmp, *extra):
-    cmd = [sys.executable, '-m', 'scaleup_jax.serve.testing', '--port', '0',
-           '--store', str(tmp / 'flags.sqlite'), '--calibration', str(tmp / 'cal.json'),
-           '--buckets', '1,4', *extra]
-    self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-    self.lines = queue.Queue()
-    threading.Thread(target=self._pump, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    log = []
-    while True:
-      try:
-        line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-      except queue.Empty:
-        self.kill()
-        pytest.fail(f'server did not start within {START_TIMEOUT_S} s: {"".join(log)}')
-      if line is None:
-        pytest.fail(f'server exited: {"".join(log)}')
-      log.append(line)
-      if line.startswith('serving on '):
-        self.url = line.split()[2]
-        return
-
-  def _pump(self):
-    for line in self.proc.stdout:
-      self.lines.put(line)
-    self.lines.put(None)
-
-  def kill(self):
-    if self.proc.poll() is None:
-      os.kill(self.proc.pid, signal.SIGKILL)
-    self.proc.wait(30)
-
-
-def npy(a):
-  buf = io.BytesIO()
-  np.save(buf, a)
-  return buf.getvalue()
+def start_server(tmp):
+  """The tiny-model server on ``tmp``'s store, as its own process (``serve.testing``)."""
+  return testing.ServerProcess(
+      [sys.executable, '-m', 'scaleup_jax.serve.testing', '--port', '0', '--store',
+       str(tmp / 'flags.sqlite'), '--calibration', str(tmp / 'cal.json'), '--buckets', '1,4'],
+      cwd=ROOT, timeout_s=START_TIMEOUT_S)
 
 
 def test_kill9_under_load_loses_no_answered_flag(tmp_path):
   pool = testing.random_images(64, seed=11)
-  server = ServerProcess(tmp_path)
+  server = start_server(tmp_path)
   answered, errors, stop = [], [], threading.Event()
   lock = threading.Lock()
 
@@ -81,7 +42,7 @@ def test_kill9_under_load_loses_no_answered_flag(tmp_path):
       while not stop.is_set():
         idx = rng.choice(len(pool), size=int(rng.integers(1, 5)), replace=False)
         try:
-          r = c.post(server.url + '/v1/classify', content=npy(pool[idx]),
+          r = c.post(server.url + '/v1/classify', content=testing.npy_bytes(pool[idx]),
                      headers={'content-type': 'application/x-npy'})
         except httpx.TransportError:
           return  # the server is gone
@@ -123,9 +84,9 @@ def test_kill9_under_load_loses_no_answered_flag(tmp_path):
   assert not missing, f'{len(missing)} answered flags lost, e.g. {sorted(missing)[:3]}'
 
   # The restarted server keeps the old records and appends new ones.
-  again = ServerProcess(tmp_path)
+  again = start_server(tmp_path)
   try:
-    r = httpx.post(again.url + '/v1/classify', content=npy(pool), timeout=60,
+    r = httpx.post(again.url + '/v1/classify', content=testing.npy_bytes(pool), timeout=60,
                    headers={'content-type': 'application/x-npy'})
     assert r.status_code == 200
     new = {(r.json()['request_id'], x['index'], x['image_sha256']) for x in r.json()['results']

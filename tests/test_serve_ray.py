@@ -6,19 +6,12 @@ exchange is a few dozen requests.
 """
 
 import importlib.util
-import io
-import os
-import queue
 import socket
 import sqlite3
-import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -37,43 +30,22 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def npy(a):
-  buf = io.BytesIO()
-  np.save(buf, a)
-  return buf.getvalue()
-
-
 def test_two_ray_serve_replicas_answer_and_share_a_consistent_store(tmp_path):
   port = free_port()
   store = tmp_path / 'flags.sqlite'
   testing.tiny_calibration(testing.tiny_model(), tmp_path / 'cal.json')
-  proc = subprocess.Popen(
+  server = testing.ServerProcess(
       [sys.executable, '-m', 'scaleup_jax.serve.testing', '--ray', '2', '--port', str(port),
        '--store', str(store), '--calibration', str(tmp_path / 'cal.json'), '--buckets', '1,4'],
-      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'PYTHONUNBUFFERED': '1', 'RAY_USAGE_STATS_ENABLED': '0'})
-  lines, log = queue.Queue(), []
-  threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)],
-                   daemon=True).start()
+      cwd=ROOT, env={'RAY_USAGE_STATS_ENABLED': '0'}, timeout_s=START_TIMEOUT_S, stdin=True)
   try:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-      try:
-        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-      except queue.Empty:
-        pytest.fail(f'Ray Serve did not start in {START_TIMEOUT_S} s: {"".join(log)[-3000:]}')
-      if line is None:
-        pytest.fail(f'the Ray driver exited: {"".join(log)[-3000:]}')
-      log.append(line)
-      if line.startswith('serving on '):
-        break
     url = f'http://127.0.0.1:{port}'
     pool = testing.random_images(32, seed=5)
 
     def post(i):
       idx = [(i + k) % len(pool) for k in range(1 + i % 4)]
       with httpx.Client(timeout=60) as c:
-        r = c.post(url + '/v1/classify', content=npy(pool[idx]),
+        r = c.post(url + '/v1/classify', content=testing.npy_bytes(pool[idx]),
                    headers={'content-type': 'application/x-npy'})
       return r.status_code, r.headers.get('x-scaleup-replica'), r.json()
 
@@ -89,12 +61,7 @@ def test_two_ray_serve_replicas_answer_and_share_a_consistent_store(tmp_path):
       health = [c.get(url + '/healthz') for _ in range(12)]
     assert all(h.json()['compiles_since_ready'] == 0 for h in health)
   finally:
-    proc.stdin.close()
-    try:
-      proc.wait(90)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait(30)
+    server.stop(90)  # the driver shuts Ray Serve down when its stdin closes
   db = sqlite3.connect(store)
   rows = db.execute('SELECT request_id, image_index, image_sha256 FROM flags').fetchall()
   assert db.execute('PRAGMA integrity_check').fetchone()[0] == 'ok'

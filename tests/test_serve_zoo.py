@@ -15,12 +15,9 @@ import hashlib
 import io
 import json
 import os
-import queue
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +28,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, requires_cifar
+from scaleup_jax.serve import testing
 
 pytestmark = [pytest.mark.slow, requires_cifar]
 
@@ -62,35 +60,15 @@ def zoo_server(tmp_path_factory):
          '--calibration_images', str(d / 'calibration_images.npy'), '--alpha', '0.1',
          '--calibration', str(d / 'cal.json'), '--store', str(d / 'flags.sqlite'),
          '--buckets', '4', '--port', '0', '--token_file', str(d / 'token')]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-  lines = queue.Queue()
-  threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)],
-                   daemon=True).start()
-  log, url, deadline = [], None, time.monotonic() + START_TIMEOUT_S
+  server = testing.ServerProcess(cmd, cwd=ROOT, timeout_s=START_TIMEOUT_S)
   try:
-    while url is None:
-      try:
-        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-      except queue.Empty:
-        pytest.fail(f'server did not start in {START_TIMEOUT_S} s: {"".join(log)}')
-      if line is None:
-        pytest.fail(f'server exited: {"".join(log)}')
-      log.append(line)
-      if line.startswith('serving on '):
-        url = line.split()[2]
     files = ([('image', (f'poisoned{i}.png', png(x), 'image/png')) for i, x in enumerate(poisoned)] +
              [('image', (f'benign{i}.png', png(x), 'image/png')) for i, x in enumerate(benign)])
-    r = httpx.post(url + '/v1/classify', files=files, timeout=300)
-    yield {'url': url, 'dir': d, 'response': r, 'files': files, 'target': target, 'log': log}
+    r = httpx.post(server.url + '/v1/classify', files=files, timeout=300)
+    yield {'url': server.url, 'dir': d, 'response': r, 'files': files, 'target': target,
+           'log': server.log}
   finally:
-    if proc.poll() is None:
-      proc.send_signal(signal.SIGINT)
-      try:
-        proc.wait(30)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    server.stop(30)  # SIGINT: a clean shutdown
 
 
 def test_cli_serves_the_zoo_model_with_a_saved_calibration(zoo_server):

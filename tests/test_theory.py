@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from scaleup_jax.theory import experiment, kernel, ntk, toy_data
+from scaleup_jax.validation import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = list(range(1, 12))
@@ -85,21 +86,21 @@ def test_sweep_regressor_matches_nadaraya_watson():
 @pytest.mark.parametrize('bad', [0.0, -1.0, float('nan'), float('inf')])
 def test_bad_gamma_fails_loudly(bad):
   x, x_train, y = _small_case()
-  with pytest.raises(ValueError, match='gamma'):
+  with pytest.raises(InputError, match='gamma'):
     kernel.nadaraya_watson(x, x_train, y, bad)
 
 
 @pytest.mark.parametrize('bad', [0.5, 0.0, -2.0])
 def test_scale_below_one_fails_loudly(bad):
-  with pytest.raises(ValueError, match=f'n={bad}'):
+  with pytest.raises(InputError, match=f'n={bad}'):
     kernel.amplify(jnp.ones((2, 3)), bad, clip=True)
-  with pytest.raises(ValueError, match='n='):
+  with pytest.raises(InputError, match='n='):
     kernel.amplify_stack(jnp.ones((2, 3)), [1, 3, bad], clip=False)
 
 
 @pytest.mark.parametrize('bad', [0.0, -0.1, 1.5, float('nan')])
 def test_ratio_outside_unit_interval_fails_loudly(bad):
-  with pytest.raises(ValueError, match='ratio'):
+  with pytest.raises(InputError, match='ratio'):
     toy_data.make_problem(jax.random.key(0), dim=8, num_benign=20, num_test=10, ratio=bad)
 
 
@@ -263,7 +264,7 @@ def test_ntk_regression_and_nw_match_explicit_formulas():
   phi, denom = ntk.ntk_nadaraya_watson(apply_fn, params, x_train, y)(x)
   np.testing.assert_allclose(np.asarray(denom), cross.sum(1), rtol=1e-4)
   np.testing.assert_allclose(np.asarray(phi), (cross @ y) / cross.sum(1, keepdims=True), rtol=1e-4, atol=1e-5)
-  with pytest.raises(ValueError, match='ridge=-1'):
+  with pytest.raises(InputError, match='ridge=-1'):
     ntk.fit_ntk_regression(apply_fn, params, x_train, y, ridge=-1.0)
 
 
@@ -272,11 +273,11 @@ def test_ntk_regression_and_nw_match_explicit_formulas():
 
 
 def test_config_validation_names_the_bad_value():
-  with pytest.raises(ValueError, match='gamma=-1'):
+  with pytest.raises(InputError, match='gamma=-1'):
     experiment.TheoryConfig(gammas=(-1.0, 1.0)).validate()
-  with pytest.raises(ValueError, match='ratio=2'):
+  with pytest.raises(InputError, match='ratio=2'):
     experiment.TheoryConfig(ratios=(2.0, 1.0)).validate()
-  with pytest.raises(ValueError, match='missing'):
+  with pytest.raises(InputError, match='missing'):
     experiment.TheoryConfig(scales=(1, 2, 3)).validate()
 
 

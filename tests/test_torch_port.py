@@ -13,6 +13,7 @@ torch = pytest.importorskip('torch')
 
 from scaleup_jax import scaleup, torch_port  # noqa: E402
 from scaleup_jax.models import ResNet, ResNet20, TinyResNet  # noqa: E402
+from scaleup_jax.validation import InputError  # noqa: E402
 
 SCALES = scaleup.DEFAULT_SCALES
 
@@ -122,7 +123,7 @@ def test_odd_image_size_padding_matches():
 def test_mismatched_variables_fail_loudly(case):
   model, variables = case.model, case.variables
   other = ResNet(stage_sizes=(1, 1), num_filters=8, num_classes=10)
-  with pytest.raises(ValueError, match='shape'):
+  with pytest.raises(InputError, match='shape'):
     torch_port.flax_to_torch(other, variables)
-  with pytest.raises(ValueError, match='batch_stats'):
+  with pytest.raises(InputError, match='batch_stats'):
     torch_port.flax_to_torch(model, {'params': variables['params']})

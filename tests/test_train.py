@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, requires_cifar
 from scaleup_jax import models, train
+from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20, clean_resnet20
 
 
@@ -103,7 +104,7 @@ def test_train_main_unknown_attack_is_one_line(tmp_path):
 def test_train_rejects_a_schedule_without_epochs(tmp_path, epochs):
   config = badnets_resnet20.get_config()
   config.num_epochs = epochs
-  with pytest.raises(ValueError, match=f'num_epochs must be at least 1, got {epochs}'):
+  with pytest.raises(InputError, match=f'num_epochs must be at least 1, got {epochs}'):
     train.train_and_evaluate(config, str(tmp_path / 'r'))
   assert not (tmp_path / 'r').exists()  # fails before it creates the run directory
 

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from scaleup_jax import poison, scaleup
 from scaleup_jax.batching import map_batches, pad_to
+from scaleup_jax.validation import InputError, check_image_batch, check_images
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -60,30 +61,18 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 # ------------------------------------------------------------------ checks
 
 
-def _check_images(images, name: str = 'images') -> None:
-  """Raises ValueError unless ``images`` is a float (B, H, W, C) batch in [0, 1]."""
-  if np.ndim(images) != 4:
-    raise ValueError(f'{name} must have shape (B, H, W, C), got shape {np.shape(images)}')
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(f'{name} must be float pixels in [0, 1], got dtype {images.dtype}')
-  if isinstance(images, np.ndarray) and images.size:
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0.0 or hi > 1.0 or not np.isfinite(lo + hi):
-      raise ValueError(f'{name} must lie in [0, 1], got values in [{lo}, {hi}]')
-
-
 def _check_labels(labels, n: int) -> None:
   if np.shape(labels) != (n,):
-    raise ValueError(f'labels must have shape ({n},) to match the images, got {np.shape(labels)}')
+    raise InputError(f'labels must have shape ({n},) to match the images, got {np.shape(labels)}')
 
 
 def _check_budget(eps: float, step: float | None = None, steps: int | None = None) -> None:
   if not (np.isfinite(eps) and 0.0 <= eps <= 1.0):
-    raise ValueError(f'eps must be in [0, 1] (pixel units), got {eps}')
+    raise InputError(f'eps must be in [0, 1] (pixel units), got {eps}')
   if step is not None and not (np.isfinite(step) and step >= 0.0):
-    raise ValueError(f'step size must be finite and >= 0, got {step}')
+    raise InputError(f'step size must be finite and >= 0, got {step}')
   if steps is not None and (int(steps) != steps or steps < 0):
-    raise ValueError(f'steps must be a non-negative integer, got {steps}')
+    raise InputError(f'steps must be a non-negative integer, got {steps}')
 
 
 def _log_softmax_at(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -159,15 +148,16 @@ def pgd_untargeted(
     ``images`` in L-inf and inside [0, 1].
 
   Raises:
-    ValueError: on bad shapes, values outside [0, 1] or a negative budget.
+    InputError: on bad shapes, values outside [0, 1] or a negative budget.
 
   References:
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial
     Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
   """
-  if not isinstance(images, jax.Array):
-    images = np.asarray(images)
-  _check_images(images)
+  if isinstance(images, jax.Array):
+    check_image_batch(images)  # rank and dtype; the values stay on the device
+  else:
+    images = check_images(images)
   _check_labels(labels, np.shape(images)[0])
   _check_budget(eps, step, steps)
   indices = jnp.arange(np.shape(images)[0], dtype=jnp.uint32)
@@ -209,15 +199,12 @@ def pgd_dataset(
   """
   unknown = set(pgd_kwargs) - {'eps', 'step', 'steps', 'random_start'}
   if unknown:
-    raise ValueError(f'unknown PGD options {sorted(unknown)}; expected eps, step, steps, random_start')
+    raise InputError(f'unknown PGD options {sorted(unknown)}; expected eps, step, steps, random_start')
   if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f'batch_size must be a positive integer, got {batch_size}')
-  images = np.asarray(images)
+    raise InputError(f'batch_size must be a positive integer, got {batch_size}')
+  images = check_images(images)
   labels = np.asarray(labels)
-  _check_images(images)
   _check_labels(labels, len(images))
-  if len(images) == 0:
-    raise ValueError('no images to perturb (got an empty array)')
   opts = dict(eps=8 / 255, step=2 / 255, steps=10, random_start=True)
   opts.update(pgd_kwargs)
   _check_budget(opts['eps'], opts['step'], opts['steps'])
@@ -255,22 +242,22 @@ _TURNER_PATCH = np.array([[1, 0, 0],
 def _corner_signs(image_shape, size: int, corners: int, pattern: str, margin: int):
   """Returns ``(mask, signs)`` of shape (H, W, C): 1 on the patches, +-1 there."""
   if len(image_shape) != 3:
-    raise ValueError(f'image_shape must be (H, W, C), got {tuple(image_shape)}')
+    raise InputError(f'image_shape must be (H, W, C), got {tuple(image_shape)}')
   h, w, c = (int(s) for s in image_shape)
   if int(corners) != corners or not 1 <= corners <= len(poison.CORNERS):
-    raise ValueError(f'corners must be an integer in [1, {len(poison.CORNERS)}] (the first '
+    raise InputError(f'corners must be an integer in [1, {len(poison.CORNERS)}] (the first '
                      f'`corners` of {poison.CORNERS}), got {corners}')
   if int(size) != size or not 1 <= size <= min(h, w) - margin or margin < 0:
-    raise ValueError(f'patch size {size} with margin {margin} does not fit an image of {h}x{w}')
+    raise InputError(f'patch size {size} with margin {margin} does not fit an image of {h}x{w}')
   if pattern == 'reference':
     if size != 3:
-      raise ValueError(f"pattern 'reference' is Turner et al.'s 3x3 patch; got size {size} "
+      raise InputError(f"pattern 'reference' is Turner et al.'s 3x3 patch; got size {size} "
                        "(use pattern='checkerboard' for other sizes)")
     left_patch = _TURNER_PATCH
   elif pattern == 'checkerboard':
     left_patch = (np.indices((size, size)).sum(0) % 2 == 0).astype(np.float32)
   else:
-    raise ValueError(f"unknown patch pattern {pattern!r}; expected 'reference' or 'checkerboard'")
+    raise InputError(f"unknown patch pattern {pattern!r}; expected 'reference' or 'checkerboard'")
   count = np.zeros((h, w), np.int32)
   on = np.zeros((h, w), np.float32)
   for corner in poison.CORNERS[:corners]:
@@ -282,7 +269,7 @@ def _corner_signs(image_shape, size: int, corners: int, pattern: str, margin: in
     count[top:top + size, left:left + size] += 1
     on[top:top + size, left:left + size] = patch
   if count.max() > 1:
-    raise ValueError(f'{corners} corner patches of size {size} (margin {margin}) overlap on an '
+    raise InputError(f'{corners} corner patches of size {size} (margin {margin}) overlap on an '
                      f'image of {h}x{w}')
   mask = np.repeat((count > 0).astype(np.float32)[..., None], c, axis=-1)
   signs = np.repeat(np.where(count > 0, 2.0 * on - 1.0, 0.0).astype(np.float32)[..., None],
@@ -340,7 +327,7 @@ def label_consistent_trigger(
   """
   del key
   if not (np.isfinite(amplitude) and 0.0 < amplitude <= 1.0):
-    raise ValueError(f'amplitude must be in (0, 1], got {amplitude}')
+    raise InputError(f'amplitude must be in (0, 1], got {amplitude}')
   mask, signs = _corner_signs(image_shape, size, corners, pattern, margin)
   values = np.where(mask > 0, 0.5 + 0.5 * amplitude * signs, 0.0).astype(np.float32)
   return poison.Trigger(mask, values)
@@ -372,7 +359,7 @@ def label_consistent_additive_trigger(
   """
   del key
   if not (np.isfinite(amplitude) and 0.0 < amplitude <= 1.0):
-    raise ValueError(f'amplitude must be in (0, 1], got {amplitude}')
+    raise InputError(f'amplitude must be in (0, 1], got {amplitude}')
   _, signs = _corner_signs(image_shape, size, corners, pattern, margin)
   return AdditiveTrigger((amplitude * signs).astype(np.float32))
 
@@ -394,9 +381,9 @@ class AdditiveTrigger:
   def __post_init__(self):
     delta = np.asarray(self.delta, np.float32)
     if delta.ndim != 3:
-      raise ValueError(f'delta must have shape (H, W, C), got {delta.shape}')
+      raise InputError(f'delta must have shape (H, W, C), got {delta.shape}')
     if not np.all(np.isfinite(delta)) or np.abs(delta).max(initial=0.0) > 1.0:
-      raise ValueError(f'delta must be finite with values in [-1, 1], got range '
+      raise InputError(f'delta must be finite with values in [-1, 1], got range '
                        f'[{np.nanmin(delta)}, {np.nanmax(delta)}]')
     object.__setattr__(self, 'delta', delta)
 
@@ -410,10 +397,10 @@ class AdditiveTrigger:
       Triggered images, same shape, dtype and array type as ``images``.
     """
     if tuple(images.shape[-3:]) != self.delta.shape:
-      raise ValueError(f'trigger delta shape {self.delta.shape} does not match image shape '
+      raise InputError(f'trigger delta shape {self.delta.shape} does not match image shape '
                        f'{tuple(images.shape[-3:])}')
     if not jnp.issubdtype(images.dtype, jnp.floating):
-      raise ValueError(f'images must be float pixels in [0, 1], got dtype {images.dtype}')
+      raise InputError(f'images must be float pixels in [0, 1], got dtype {images.dtype}')
     if isinstance(images, jax.Array):
       return jnp.clip(images + self.delta.astype(images.dtype), 0, 1)
     return np.clip(images + self.delta.astype(images.dtype), 0, 1).astype(images.dtype)
@@ -425,7 +412,7 @@ class AdditiveTrigger:
   def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> 'AdditiveTrigger':
     """Rebuilds the trigger from :meth:`arrays` (other keys are ignored)."""
     if 'delta' not in arrays:
-      raise ValueError(f"additive trigger arrays need a 'delta' entry, got keys {sorted(arrays)}")
+      raise InputError(f"additive trigger arrays need a 'delta' entry, got keys {sorted(arrays)}")
     return cls(np.asarray(arrays['delta'], np.float32))
 
 
@@ -503,15 +490,12 @@ def targeted_uap(
     Moosavi-Dezfooli et al., "Universal adversarial perturbations", CVPR
     2017; BackdoorBox ``core/attacks/TUAP.py``, ``tests/test_TUAP.py``.
   """
-  images = np.asarray(images)
-  _check_images(images)
-  if len(images) == 0:
-    raise ValueError('no images to optimise the perturbation on (got an empty array)')
+  images = check_images(images)
   _check_budget(eps, lr, steps)
   if int(target) != target or target < 0:
-    raise ValueError(f'target must be a non-negative class index, got {target}')
+    raise InputError(f'target must be a non-negative class index, got {target}')
   if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f'batch_size must be a positive integer, got {batch_size}')
+    raise InputError(f'batch_size must be a positive integer, got {batch_size}')
   batch_size = min(int(batch_size), len(images))
   data = jnp.asarray(images, jnp.float32)
   delta = jnp.zeros(images.shape[1:], jnp.float32)
@@ -556,17 +540,16 @@ def uap_fooling_rate(
   Returns:
     The targeted fooling rate in [0, 1], as a Python float.
   """
-  images = np.asarray(images)
-  _check_images(images)
+  images = check_images(images)
   delta = np.asarray(delta, np.float32)
   if delta.shape != images.shape[1:]:
-    raise ValueError(f'delta shape {delta.shape} does not match image shape {images.shape[1:]}')
+    raise InputError(f'delta shape {delta.shape} does not match image shape {images.shape[1:]}')
   if labels is not None:
     labels = np.asarray(labels)
     _check_labels(labels, len(images))
     images = images[labels != target]
   if len(images) == 0:
-    raise ValueError('no images to evaluate the perturbation on (all are of the target class '
+    raise InputError('no images to evaluate the perturbation on (all are of the target class '
                      f'{target} or the array is empty)')
   d = jnp.asarray(delta)
   preds = map_batches(lambda x: _predict_with_delta(variables, x, d, apply_fn=apply_fn), images,

@@ -56,6 +56,7 @@ from flax import traverse_util
 from tqdm.auto import tqdm
 
 from scaleup_jax.batching import map_batches
+from scaleup_jax.validation import InputError
 
 DEFAULT_SECRET_LEN = 16
 DEFAULT_ENCODER_WIDTHS = (16, 32, 64)
@@ -65,17 +66,17 @@ DEFAULT_SECRET_MAP = 8
 
 def _check_secret(secret, secret_len: int) -> None:
   if secret.ndim < 1 or secret.shape[-1] != secret_len:
-    raise ValueError(
+    raise InputError(
         f'secret has shape {tuple(secret.shape)} but the encoder expects '
         f'secret_len={secret_len} bits in the last axis')
 
 
 def _check_image_shape(shape, levels: int, where: str) -> None:
   if len(shape) != 4:
-    raise ValueError(f'{where}: expected images of shape (B, H, W, C), got {tuple(shape)}')
+    raise InputError(f'{where}: expected images of shape (B, H, W, C), got {tuple(shape)}')
   factor = 2 ** (levels - 1)
   if shape[1] % factor or shape[2] % factor:
-    raise ValueError(
+    raise InputError(
         f'{where}: image size {shape[1]}x{shape[2]} must be divisible by {factor} '
         f'for a U-Net with {levels} levels')
 
@@ -162,7 +163,7 @@ class StegaDecoder(nn.Module):
   def __call__(self, images):
     """Maps images ``(B, H, W, C)`` in [0, 1] to bit logits ``(B, L)``."""
     if images.ndim != 4:
-      raise ValueError(f'StegaDecoder: expected images (B, H, W, C), got {tuple(images.shape)}')
+      raise InputError(f'StegaDecoder: expected images (B, H, W, C), got {tuple(images.shape)}')
     x = jnp.asarray(images, jnp.float32) - 0.5
     for i, width in enumerate(self.widths):
       x = nn.relu(nn.Conv(width, (3, 3), (2, 2), name=f'conv{i}')(x))
@@ -285,13 +286,13 @@ def train_stegastamp(
   _check_image_shape(images.shape, len(encoder_widths), 'train_stegastamp')
   n = images.shape[0]
   if n < 2:
-    raise ValueError(f'train_stegastamp needs at least 2 images (train + held-out), got {n}')
+    raise InputError(f'train_stegastamp needs at least 2 images (train + held-out), got {n}')
   if steps < 1 or batch_size < 1:
-    raise ValueError(f'steps ({steps}) and batch_size ({batch_size}) must be positive')
+    raise InputError(f'steps ({steps}) and batch_size ({batch_size}) must be positive')
   if secret_len < 1:
-    raise ValueError(f'secret_len must be positive, got {secret_len}')
+    raise InputError(f'secret_len must be positive, got {secret_len}')
   if residual_weight < 0:
-    raise ValueError(f'residual_weight must be >= 0, got {residual_weight}')
+    raise InputError(f'residual_weight must be >= 0, got {residual_weight}')
   warmup = steps // 5 if warmup_steps is None else int(warmup_steps)
   ramp = steps // 5 if ramp_steps is None else int(ramp_steps)
 
@@ -440,18 +441,18 @@ class EncoderTrigger:
     object.__setattr__(self, 'secret_map', int(self.secret_map))
     object.__setattr__(self, 'strength', float(self.strength))
     if not (np.isfinite(self.strength) and self.strength > 0):
-      raise ValueError(f'strength must be a finite number > 0, got {self.strength}')
+      raise InputError(f'strength must be a finite number > 0, got {self.strength}')
     if secret.ndim != 1 or not np.all((secret == 0) | (secret == 1)):
-      raise ValueError(f'secret must be a 1-D array of 0/1 bits, got shape {secret.shape} '
+      raise InputError(f'secret must be a 1-D array of 0/1 bits, got shape {secret.shape} '
                        f'and values {np.unique(secret)[:8]}')
     dense = params.get('secret_dense/kernel')
     if dense is None:
-      raise ValueError(f'params lack secret_dense/kernel; keys are {sorted(params)[:8]}')
+      raise InputError(f'params lack secret_dense/kernel; keys are {sorted(params)[:8]}')
     if dense.shape[0] != secret.shape[0]:
-      raise ValueError(f'secret has {secret.shape[0]} bits but the encoder expects '
+      raise InputError(f'secret has {secret.shape[0]} bits but the encoder expects '
                        f'{dense.shape[0]} (secret_dense/kernel {dense.shape})')
     if len(self.image_shape) != 3:
-      raise ValueError(f'image_shape must be (H, W, C), got {self.image_shape}')
+      raise InputError(f'image_shape must be (H, W, C), got {self.image_shape}')
 
   @property
   def secret_len(self) -> int:
@@ -482,10 +483,10 @@ class EncoderTrigger:
       array type (numpy in, numpy out) as ``images``.
     """
     if tuple(images.shape[-3:]) != self.image_shape:
-      raise ValueError(f'images have shape {tuple(images.shape)}; the encoder expects '
+      raise InputError(f'images have shape {tuple(images.shape)}; the encoder expects '
                        f'(..., {", ".join(map(str, self.image_shape))})')
     if not jnp.issubdtype(images.dtype, jnp.floating):
-      raise ValueError(f'images must be floating point in [0, 1], got dtype {images.dtype}')
+      raise InputError(f'images must be floating point in [0, 1], got dtype {images.dtype}')
     lead = images.shape[:-3]
     if isinstance(images, jax.Array):
       flat = images.reshape((-1, *self.image_shape)).astype(jnp.float32)
@@ -514,7 +515,7 @@ class EncoderTrigger:
     """Rebuilds a trigger from :meth:`arrays` (or an ``np.load``-ed npz of it)."""
     missing = [k for k in ('secret', 'image_shape', 'widths', 'secret_map') if k not in arrays]
     if missing:
-      raise ValueError(f'arrays lack {missing} needed to rebuild an EncoderTrigger')
+      raise InputError(f'arrays lack {missing} needed to rebuild an EncoderTrigger')
     params = {k[len('params/'):]: np.asarray(arrays[k]) for k in arrays
               if k.startswith('params/')}
     return cls(params=params, secret=np.asarray(arrays['secret']),

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaleup_jax.baselines.image_ops import bilinear_gather
+from scaleup_jax.validation import InputError, check_image_batch
 
 # BackdoorBox tests/test_PhysicalBA.py, CIFAR-10 and GTSRB sections.
 DEFAULT_BRIGHTNESS = 0.2
@@ -55,20 +56,15 @@ DEFAULT_SCALE = (0.8, 0.9)
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def _check_images(images):
-  if images.ndim != 4:
-    raise ValueError(f'images must have shape (B, H, W, C); got {images.shape}')
-
-
 def _factor_range(value, name: str) -> tuple[float, float]:
   """torchvision's ColorJitter range: ``v -> (max(0, 1 - v), 1 + v)`` or a ``(lo, hi)`` pair."""
   if isinstance(value, (int, float, np.integer, np.floating)):
     if value < 0:
-      raise ValueError(f'{name} must be >= 0; got {value}')
+      raise InputError(f'{name} must be >= 0; got {value}')
     return max(0.0, 1.0 - float(value)), 1.0 + float(value)
   lo, hi = (float(v) for v in value)
   if not 0.0 <= lo <= hi:
-    raise ValueError(f'{name} range must satisfy 0 <= lo <= hi; got {tuple(value)}')
+    raise InputError(f'{name} range must satisfy 0 <= lo <= hi; got {tuple(value)}')
   return lo, hi
 
 
@@ -86,7 +82,7 @@ def adjust_brightness(images, factor):
   Returns:
     ``(B, H, W, C)`` in [0, 1].
   """
-  _check_images(images)
+  check_image_batch(images)
   f = _per_image(factor, images.shape[0], images.dtype)
   return jnp.clip(images * f, 0.0, 1.0)
 
@@ -106,14 +102,14 @@ def adjust_contrast(images, factor):
   Returns:
     ``(B, H, W, C)`` in [0, 1].
   """
-  _check_images(images)
+  check_image_batch(images)
   c = images.shape[-1]
   if c == 3:
     gray = jnp.einsum('bhwc,c->bhw', images, jnp.asarray(_GRAY_WEIGHTS, images.dtype))
   elif c == 1:
     gray = images[..., 0]
   else:
-    raise ValueError(f'contrast needs 1 or 3 channels; got {c}')
+    raise InputError(f'contrast needs 1 or 3 channels; got {c}')
   mean = jnp.mean(gray, axis=(1, 2))[:, None, None, None]
   f = _per_image(factor, images.shape[0], images.dtype)
   return jnp.clip(f * images + (1.0 - f) * mean, 0.0, 1.0)
@@ -139,7 +135,7 @@ def color_jitter(key: jax.Array, images, brightness=DEFAULT_BRIGHTNESS,
     Li et al., "Backdoor Attack in the Physical World", 2021; BackdoorBox
     ``tests/test_PhysicalBA.py``.
   """
-  _check_images(images)
+  check_image_batch(images)
   return _color_jitter(key, images, _factor_range(brightness, 'brightness'),
                        _factor_range(contrast, 'contrast'))
 
@@ -187,18 +183,18 @@ def _affine_ranges(degrees, translate, scale):
   """Validated ``(degree range, (tx, ty), scale range)`` of :func:`random_affine`."""
   if isinstance(degrees, (int, float, np.integer, np.floating)):
     if degrees < 0:
-      raise ValueError(f'degrees must be >= 0; got {degrees}')
+      raise InputError(f'degrees must be >= 0; got {degrees}')
     d_lo, d_hi = -float(degrees), float(degrees)
   else:
     d_lo, d_hi = (float(v) for v in degrees)
     if d_lo > d_hi:
-      raise ValueError(f'degrees range must satisfy lo <= hi; got {tuple(degrees)}')
+      raise InputError(f'degrees range must satisfy lo <= hi; got {tuple(degrees)}')
   tx, ty = (float(v) for v in translate)
   if not (0.0 <= tx <= 1.0 and 0.0 <= ty <= 1.0):
-    raise ValueError(f'translate fractions must lie in [0, 1]; got {tuple(translate)}')
+    raise InputError(f'translate fractions must lie in [0, 1]; got {tuple(translate)}')
   s_lo, s_hi = (float(v) for v in scale)
   if not 0.0 < s_lo <= s_hi:
-    raise ValueError(f'scale range must satisfy 0 < lo <= hi; got {tuple(scale)}')
+    raise InputError(f'scale range must satisfy 0 < lo <= hi; got {tuple(scale)}')
   return (d_lo, d_hi), (tx, ty), (s_lo, s_hi)
 
 
@@ -229,7 +225,7 @@ def random_affine(key: jax.Array, images, degrees=DEFAULT_DEGREES,
     Li et al., "Backdoor Attack in the Physical World", 2021; BackdoorBox
     ``tests/test_PhysicalBA.py``.
   """
-  _check_images(images)
+  check_image_batch(images)
   return _random_affine(key, images, *_affine_ranges(degrees, translate, scale))
 
 
@@ -287,14 +283,14 @@ def physical_batch_transform(brightness=DEFAULT_BRIGHTNESS, contrast=DEFAULT_CON
   """
   apply_to = tuple(int(v) for v in apply_to)
   if not apply_to:
-    raise ValueError('apply_to must name at least one flag value; got ()')
+    raise InputError('apply_to must name at least one flag value; got ()')
   _factor_range(brightness, 'brightness')  # fail early, outside any trace
   _factor_range(contrast, 'contrast')
   _affine_ranges(degrees, translate, scale)
 
   def transform(key, images, flags):
     if flags.shape != images.shape[:1]:
-      raise ValueError(f'flags must have shape (B,) = {images.shape[:1]}; got {flags.shape}')
+      raise InputError(f'flags must have shape (B,) = {images.shape[:1]}; got {flags.shape}')
     out = physical_transform(key, images, brightness, contrast, degrees, translate, scale)
     sel = jnp.isin(flags, jnp.asarray(apply_to, flags.dtype))
     return jnp.where(sel[:, None, None, None], out, images)

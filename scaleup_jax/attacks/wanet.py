@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaleup_jax.baselines.image_ops import bilinear_gather
+from scaleup_jax.validation import InputError, check_image_batch
 
 # Keys' cubic-convolution parameter used by PyTorch's bicubic interpolation.
 TORCH_CUBIC_A = -0.75
@@ -64,7 +65,7 @@ def wanet_control_points(key: jax.Array, k: int = 4) -> np.ndarray:
     Nguyen & Tran, ICLR 2021, Sec. 3.3 ("random ... k x k ... normalised").
   """
   if not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f'control grid size k must be an integer >= 1; got {k!r}')
+    raise InputError(f'control grid size k must be an integer >= 1; got {k!r}')
   ins = np.asarray(jax.random.uniform(key, (k, k, 2), minval=-1.0, maxval=1.0), np.float64)
   ins = ins / np.mean(np.abs(ins))
   return ins.astype(np.float32)
@@ -92,7 +93,7 @@ def bicubic_matrix(n_out: int, n_in: int, a: float = TORCH_CUBIC_A) -> np.ndarra
   explicit matrix is used for the WaNet noise grid.
   """
   if n_out < 1 or n_in < 1:
-    raise ValueError(f'sizes must be >= 1; got n_out={n_out}, n_in={n_in}')
+    raise InputError(f'sizes must be >= 1; got n_out={n_out}, n_in={n_in}')
   scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
   pos = np.arange(n_out, dtype=np.float64) * scale
   base = np.floor(pos).astype(int)
@@ -113,7 +114,7 @@ def identity_grid(height: int, width: int | None = None) -> np.ndarray:
   """
   width = height if width is None else width
   if height < 1 or width < 1:
-    raise ValueError(f'grid size must be >= 1; got {(height, width)}')
+    raise InputError(f'grid size must be >= 1; got {(height, width)}')
   ys = np.linspace(-1.0, 1.0, height, dtype=np.float64)
   xs = np.linspace(-1.0, 1.0, width, dtype=np.float64)
   yy, xx = np.meshgrid(ys, xs, indexing='ij')
@@ -143,9 +144,9 @@ def make_wanet_grids(key: jax.Array, image_size: int = 32,
     (``gen_grid``).
   """
   if not isinstance(image_size, (int, np.integer)) or image_size < 2:
-    raise ValueError(f'image_size must be an integer >= 2; got {image_size!r}')
+    raise InputError(f'image_size must be an integer >= 2; got {image_size!r}')
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= image_size:
-    raise ValueError(f'k must be an integer in [1, image_size={image_size}]; got {k!r}')
+    raise InputError(f'k must be an integer in [1, image_size={image_size}]; got {k!r}')
   ins = wanet_control_points(key, k).astype(np.float64)
   m = bicubic_matrix(image_size, k)
   noise = np.einsum('hk,klc,wl->hwc', m, ins, m)
@@ -169,12 +170,12 @@ def backdoor_grid(identity_grid: np.ndarray, noise_grid: np.ndarray, s: float = 
   noise_grid = np.asarray(noise_grid, np.float32)
   if (identity_grid.ndim != 3 or identity_grid.shape[-1] != 2
       or identity_grid.shape != noise_grid.shape):
-    raise ValueError(f'grids must both have shape (H, W, 2); got {identity_grid.shape} '
+    raise InputError(f'grids must both have shape (H, W, 2); got {identity_grid.shape} '
                      f'and {noise_grid.shape}')
   if s < 0:
-    raise ValueError(f'warping strength s must be >= 0; got {s}')
+    raise InputError(f'warping strength s must be >= 0; got {s}')
   if grid_rescale <= 0:
-    raise ValueError(f'grid_rescale must be > 0; got {grid_rescale}')
+    raise InputError(f'grid_rescale must be > 0; got {grid_rescale}')
   h = identity_grid.shape[0]
   grid = (identity_grid + s * noise_grid / h) * grid_rescale
   return np.clip(grid, -1.0, 1.0).astype(np.float32)
@@ -197,13 +198,12 @@ def grid_sample(images, grid):
     ``(B, H', W', C)`` of the dtype of ``images``; samples outside the image
     blend with 0 (``padding_mode='zeros'``). Jittable.
   """
-  if images.ndim != 4:
-    raise ValueError(f'images must have shape (B, H, W, C); got {images.shape}')
+  check_image_batch(images)
   grid = jnp.asarray(grid, jnp.float32)
   if grid.ndim == 3:
     grid = grid[None]
   if grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] not in (1, images.shape[0]):
-    raise ValueError(f'grid must have shape (H, W, 2) or (B={images.shape[0]}, H, W, 2); '
+    raise InputError(f'grid must have shape (H, W, 2) or (B={images.shape[0]}, H, W, 2); '
                      f'got {grid.shape}')
   h, w = images.shape[1:3]
   cols = (grid[..., 0] + 1.0) * (0.5 * (w - 1))
@@ -230,11 +230,10 @@ def noise_warp(key: jax.Array, images, grid):
     Nguyen & Tran, ICLR 2021, Sec. 3.4 (noise mode); BackdoorBox
     ``AddTrigger.add_trigger(noise=True)`` (``noise_rescale = 2``).
   """
-  if images.ndim != 4:
-    raise ValueError(f'images must have shape (B, H, W, C); got {images.shape}')
+  check_image_batch(images)
   grid = jnp.asarray(grid, jnp.float32)
   if grid.ndim != 3 or grid.shape[-1] != 2:
-    raise ValueError(f'grid must have shape (H, W, 2); got {grid.shape}')
+    raise InputError(f'grid must have shape (H, W, 2); got {grid.shape}')
   b = images.shape[0]
   h = grid.shape[0]
   noise = jax.random.uniform(key, (b, *grid.shape), jnp.float32, -1.0, 1.0)
@@ -255,7 +254,7 @@ class WarpTrigger:
   def __post_init__(self):
     grid = np.asarray(self.grid, np.float32)
     if grid.ndim != 3 or grid.shape[-1] != 2:
-      raise ValueError(f'warp grid must have shape (H, W, 2); got {grid.shape}')
+      raise InputError(f'warp grid must have shape (H, W, 2); got {grid.shape}')
     object.__setattr__(self, 'grid', grid)
 
   @property
@@ -274,7 +273,7 @@ class WarpTrigger:
       numpy input, jax for jax input (jittable).
     """
     if images.ndim < 3 or tuple(images.shape[-3:-1]) != self.image_hw:
-      raise ValueError(f'images of shape {images.shape} do not match the warp grid '
+      raise InputError(f'images of shape {images.shape} do not match the warp grid '
                        f'(H, W) = {self.image_hw}')
     is_jax = isinstance(images, jax.Array)
     flat = jnp.asarray(images).reshape(-1, *images.shape[-3:])
@@ -291,7 +290,7 @@ class WarpTrigger:
   def from_arrays(cls, arrays) -> WarpTrigger:
     """Rebuilds a trigger from :meth:`arrays`."""
     if 'grid' not in arrays:
-      raise ValueError(f"WarpTrigger arrays need a 'grid' entry; got keys {sorted(arrays)}")
+      raise InputError(f"WarpTrigger arrays need a 'grid' entry; got keys {sorted(arrays)}")
     return cls(grid=np.asarray(arrays['grid'], np.float32))
 
 
@@ -318,10 +317,10 @@ def wanet_trigger(
     Nguyen & Tran, ICLR 2021; BackdoorBox ``core/attacks/WaNet.py``.
   """
   if len(image_shape) != 3:
-    raise ValueError(f'image_shape must be (H, W, C); got {tuple(image_shape)}')
+    raise InputError(f'image_shape must be (H, W, C); got {tuple(image_shape)}')
   h, w, _ = image_shape
   if h != w:
-    raise ValueError(f'WaNet needs square images; got image_shape {tuple(image_shape)}')
+    raise InputError(f'WaNet needs square images; got image_shape {tuple(image_shape)}')
   ident, noise = make_wanet_grids(key, int(h), k)
   return WarpTrigger(backdoor_grid(ident, noise, s, grid_rescale))
 
@@ -341,11 +340,11 @@ def wanet_batch_transform(grid) -> Callable:
   """
   grid = np.asarray(grid, np.float32)
   if grid.ndim != 3 or grid.shape[-1] != 2:
-    raise ValueError(f'grid must have shape (H, W, 2); got {grid.shape}')
+    raise InputError(f'grid must have shape (H, W, 2); got {grid.shape}')
 
   def transform(key, images, flags):
     if flags.shape != images.shape[:1]:
-      raise ValueError(f'flags must have shape (B,) = {images.shape[:1]}; got {flags.shape}')
+      raise InputError(f'flags must have shape (B,) = {images.shape[:1]}; got {flags.shape}')
     warped = noise_warp(key, images, grid)
     return jnp.where((flags == 2)[:, None, None, None], warped, images)
 

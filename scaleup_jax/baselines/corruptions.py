@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaleup_jax.baselines import image_ops
+from scaleup_jax.validation import InputError
 
 
 def _stack(fn, x, params):
@@ -281,7 +282,7 @@ NUM_SEVERITIES = 5
 
 def check_name(name: str) -> None:
   if name not in CORRUPTIONS:
-    raise ValueError(f'unknown corruption {name!r}; expected one of {sorted(CORRUPTIONS)}')
+    raise InputError(f'unknown corruption {name!r}; expected one of {sorted(CORRUPTIONS)}')
 
 
 def corrupt_all(key, images, name: str, params=None):
@@ -305,5 +306,5 @@ def corrupt(key, images, name: str, severity: int):
   """Corruption ``name`` at one ``severity`` (1..5) of ``(B, H, W, C)`` images."""
   check_name(name)
   if not 1 <= severity <= NUM_SEVERITIES:
-    raise ValueError(f'severity must lie in 1..{NUM_SEVERITIES}; got {severity}')
+    raise InputError(f'severity must lie in 1..{NUM_SEVERITIES}; got {severity}')
   return corrupt_all(key, images, name, (SEVERITIES[name][severity - 1],))[0]

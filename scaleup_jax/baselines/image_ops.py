@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaleup_jax.validation import InputError
+
 # ----------------------------------------------------------------------- DCT
 
 
@@ -37,7 +39,7 @@ def dct_matrix(n: int) -> np.ndarray:
     True
   """
   if n < 1:
-    raise ValueError(f'DCT size must be >= 1; got {n}')
+    raise InputError(f'DCT size must be >= 1; got {n}')
   k = np.arange(n)[:, None]
   m = np.arange(n)[None, :]
   d = np.cos(np.pi * (2 * m + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
@@ -80,7 +82,7 @@ def block_dct2(images, block: int = 8, inverse: bool = False):
   """
   b, h, w, c = images.shape
   if h % block or w % block:
-    raise ValueError(f'image size {(h, w)} is not a multiple of the block size {block}')
+    raise InputError(f'image size {(h, w)} is not a multiple of the block size {block}')
   d = jnp.asarray(dct_matrix(block))
   tiles = images.reshape(b, h // block, block, w // block, block, c)
   spec = 'ku,bikjlc,lv->biujvc' if inverse else 'uk,bikjlc,vl->biujvc'
@@ -102,7 +104,7 @@ def depthwise_conv(images, kernel, pad_mode: str = 'reflect'):
   kernel = jnp.asarray(kernel, images.dtype)
   kh, kw = kernel.shape
   if kh % 2 == 0 or kw % 2 == 0:
-    raise ValueError(f'kernel sizes must be odd; got {kernel.shape}')
+    raise InputError(f'kernel sizes must be odd; got {kernel.shape}')
   c = images.shape[-1]
   ph, pw = kh // 2, kw // 2
   if pad_mode == 'reflect' and (ph >= images.shape[1] or pw >= images.shape[2]):
@@ -117,7 +119,7 @@ def depthwise_conv(images, kernel, pad_mode: str = 'reflect'):
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
   """Normalised 1-D Gaussian of radius ``ceil(truncate * sigma)`` (scipy's rule)."""
   if sigma <= 0:
-    raise ValueError(f'sigma must be > 0; got {sigma}')
+    raise InputError(f'sigma must be > 0; got {sigma}')
   r = int(math.ceil(truncate * sigma))
   t = np.arange(-r, r + 1, dtype=np.float64)
   k = np.exp(-0.5 * (t / sigma) ** 2)
@@ -145,7 +147,7 @@ def median_filter(images, size: int = 3, pad_mode: str = 'reflect'):
   chex.assert_rank(images, 4)
   r = size // 2
   if size % 2 == 0 or size < 1:
-    raise ValueError(f'median window must be odd and >= 1; got {size}')
+    raise InputError(f'median window must be odd and >= 1; got {size}')
   h, w = images.shape[1:3]
   x = jnp.pad(images, ((0, 0), (r, r), (r, r), (0, 0)), mode=pad_mode if r < min(h, w) else 'edge')
   views = [x[:, i : i + h, j : j + w] for i in range(size) for j in range(size)]
@@ -211,12 +213,12 @@ def bilinear_gather(images, rows, cols, mode: str = 'constant'):
   """
   chex.assert_rank(images, 4)
   if mode not in ('constant', 'nearest'):
-    raise ValueError(f"mode must be 'constant' or 'nearest'; got {mode!r}")
+    raise InputError(f"mode must be 'constant' or 'nearest'; got {mode!r}")
   b, h, w, c = images.shape
   rows = jnp.asarray(rows, jnp.float32)
   cols = jnp.asarray(cols, jnp.float32)
   if rows.shape != cols.shape or rows.shape[0] not in (1, b):
-    raise ValueError(f'rows and cols must share a shape (B or 1, ...); '
+    raise InputError(f'rows and cols must share a shape (B or 1, ...); '
                      f'got {rows.shape}, {cols.shape}')
   if mode == 'nearest':
     rows, cols = jnp.clip(rows, 0, h - 1), jnp.clip(cols, 0, w - 1)
@@ -289,7 +291,7 @@ def shrink_pad(images, offsets, shrink: int):
   b, h, w, c = images.shape
   chex.assert_shape(offsets, (b, 2))
   if not 0 <= shrink < min(h, w):
-    raise ValueError(f'shrink must lie in [0, {min(h, w)}); got {shrink}')
+    raise InputError(f'shrink must lie in [0, {min(h, w)}); got {shrink}')
   small = jnp.clip(jax.image.resize(images, (b, h - shrink, w - shrink, c), 'bilinear'), 0.0, 1.0)
   canvas = jnp.zeros((h, w, c), images.dtype)
   place = lambda im, off: jax.lax.dynamic_update_slice(canvas, im, (off[0], off[1], 0))
@@ -348,7 +350,7 @@ JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47
 def jpeg_quant_tables(quality: int) -> tuple[np.ndarray, np.ndarray]:
   """Luma and chroma tables scaled to ``quality`` (1..100) with the IJG rule."""
   if not 1 <= quality <= 100:
-    raise ValueError(f'JPEG quality must lie in [1, 100]; got {quality}')
+    raise InputError(f'JPEG quality must lie in [1, 100]; got {quality}')
   s = 5000.0 / quality if quality < 50 else 200.0 - 2.0 * quality
   scale = lambda t: np.clip(np.floor((t * s + 50.0) / 100.0), 1, 255).astype(np.float32)
   return scale(JPEG_LUMA), scale(JPEG_CHROMA)
@@ -373,7 +375,7 @@ def jpeg_like(images, quality: int):
   """
   chex.assert_rank(images, 4)
   if images.shape[-1] != 3:
-    raise ValueError(f'jpeg_like needs RGB images; got {images.shape[-1]} channels')
+    raise InputError(f'jpeg_like needs RGB images; got {images.shape[-1]} channels')
   b, h, w, _ = images.shape
   ph, pw = (-h) % 8, (-w) % 8
   x = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='edge')

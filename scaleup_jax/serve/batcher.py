@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from scaleup_jax.validation import InputError
+
 
 class Busy(RuntimeError):
   """The queue is full; retry later."""
@@ -66,7 +68,7 @@ class DynamicBatcher:
                max_wait_s: float = 0.005, max_queue: int = 4096,
                on_batch: Callable[[int, float], None] | None = None):
     if max_batch < 1 or max_wait_s < 0 or max_queue < 1:
-      raise ValueError(f'need max_batch >= 1, max_wait_s >= 0, max_queue >= 1; got {max_batch}, '
+      raise InputError(f'need max_batch >= 1, max_wait_s >= 0, max_queue >= 1; got {max_batch}, '
                        f'{max_wait_s}, {max_queue}')
     self._process = process
     self.max_batch = int(max_batch)

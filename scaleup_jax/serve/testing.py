@@ -12,8 +12,16 @@ compare the service's answers with the same computation done directly.
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import queue
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +88,100 @@ def tiny_calibration(model: engine_lib.Model, path, alpha: float = 0.3, n: int =
                                        meta={'calibration_images': n, 'made_by': 'serve.testing'})
   det.save(path)
   return det
+
+
+def npy_bytes(images) -> bytes:
+  """``images`` as the body of an ``application/x-npy`` request (``np.save``'s bytes)."""
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(images))
+  return buf.getvalue()
+
+
+class ServerProcess:
+  """A server command in its own process, started and waited for until it prints its URL.
+
+  The servers of this package (``eval.serve``, ``python -m scaleup_jax.serve.testing``, with or
+  without Ray) print ``serving on <url> ...`` once they accept requests; this starts ``cmd``,
+  reads its output in a background thread, and returns when that line comes.
+
+  Args:
+    cmd: the command line (argv list).
+    cwd: its working directory.
+    env: variables added to ``os.environ`` (``PYTHONUNBUFFERED=1`` always, so lines arrive
+      as they are printed).
+    timeout_s: how long to wait for the ``serving on`` line.
+    stdin: a pipe to the server (for the Ray driver, which stops when its stdin closes).
+
+  Attributes:
+    proc: the ``subprocess.Popen``.
+    url: the ``<url>`` of the ``serving on`` line.
+    log: the output lines up to and including it.
+
+  Raises:
+    RuntimeError: with the output so far, if the server exits first or does not print the
+      line within ``timeout_s`` (it is then killed).
+
+  Example:
+    >>> with ServerProcess([sys.executable, '-m', 'scaleup_jax.serve.testing', '--port', '0',
+    ...                     '--store', 'f.sqlite', '--calibration', 'cal.json']) as srv:
+    ...   httpx.get(srv.url + '/healthz')                               # doctest: +SKIP
+  """
+
+  def __init__(self, cmd: Sequence[str], cwd=None, env: dict | None = None,
+               timeout_s: float = 240, stdin: bool = False):
+    self.proc = subprocess.Popen(
+        list(cmd), cwd=cwd, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
+    self._lines: queue.Queue = queue.Queue()
+    threading.Thread(target=self._pump, daemon=True).start()
+    self.log: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+      try:
+        line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+      except queue.Empty:
+        self.kill()
+        raise RuntimeError(f'server did not start within {timeout_s} s: {self.output()}') from None
+      if line is None:
+        raise RuntimeError(f'server exited (code {self.proc.wait()}): {self.output()}')
+      self.log.append(line)
+      if line.startswith('serving on '):
+        self.url = line.split()[2]
+        return
+
+  def _pump(self) -> None:
+    for line in self.proc.stdout:
+      self._lines.put(line)
+    self._lines.put(None)
+
+  def output(self, tail: int = 3000) -> str:
+    """The last ``tail`` characters of :attr:`log`."""
+    return ''.join(self.log)[-tail:]
+
+  def kill(self) -> None:
+    """SIGKILL (no clean shutdown), then waits for the process."""
+    if self.proc.poll() is None:
+      os.kill(self.proc.pid, signal.SIGKILL)
+    self.proc.wait(30)
+
+  def stop(self, timeout_s: float = 30) -> None:
+    """A clean shutdown: closes stdin if piped, else SIGINT; SIGKILL after ``timeout_s``."""
+    if self.proc.poll() is None:
+      if self.proc.stdin is not None:
+        self.proc.stdin.close()
+      else:
+        self.proc.send_signal(signal.SIGINT)
+      try:
+        self.proc.wait(timeout_s)
+      except subprocess.TimeoutExpired:
+        self.kill()
+
+  def __enter__(self) -> 'ServerProcess':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,7 @@ from scaleup_jax import metrics
 from scaleup_jax.theory import kernel as kernel_lib
 from scaleup_jax.theory import ntk as ntk_lib
 from scaleup_jax.theory import toy_data
+from scaleup_jax.validation import InputError
 
 SPC_SCALES = (3, 5, 7, 9, 11)
 
@@ -123,7 +124,7 @@ class TheoryConfig:
   ntk_ratios: tuple[float, ...] = (0.01, 0.1, 1.0)
 
   def validate(self) -> None:
-    """Raises ValueError naming the first bad setting."""
+    """Raises InputError naming the first bad setting."""
     for g in (self.gamma, *self.gammas):
       kernel_lib.check_gamma(g)
     for r in (self.ratio, *self.ratios, *self.size_sweep_ratios, *self.ntk_ratios):
@@ -132,19 +133,19 @@ class TheoryConfig:
       kernel_lib.check_scale(n)
     missing = sorted(set((1,) + SPC_SCALES) - set(self.scales))
     if missing:
-      raise ValueError(f'scales {self.scales} must include 1 and the SPC scales {SPC_SCALES}; missing {missing}')
+      raise InputError(f'scales {self.scales} must include 1 and the SPC scales {SPC_SCALES}; missing {missing}')
     for p in self.trigger_patterns:
       if p not in toy_data.PATTERNS:
-        raise ValueError(f'unknown trigger pattern {p!r}; expected one of {toy_data.PATTERNS}')
+        raise InputError(f'unknown trigger pattern {p!r}; expected one of {toy_data.PATTERNS}')
     for s in (self.trigger_size, *self.trigger_sizes):
       if not 1 <= s <= self.dim:
-        raise ValueError(f'trigger size {s} must be in [1, dim={self.dim}]')
+        raise InputError(f'trigger size {s} must be in [1, dim={self.dim}]')
     if self.gamma not in self.gammas:
-      raise ValueError(f'default gamma {self.gamma} must be one of the swept gammas {self.gammas}')
+      raise InputError(f'default gamma {self.gamma} must be one of the swept gammas {self.gammas}')
     if self.ratio not in self.ratios:
-      raise ValueError(f'default ratio {self.ratio} must be one of the swept ratios {self.ratios}')
+      raise InputError(f'default ratio {self.ratio} must be one of the swept ratios {self.ratios}')
     if not 0 < self.holds_threshold <= 1:
-      raise ValueError(f'holds_threshold must be in (0, 1]; got {self.holds_threshold}')
+      raise InputError(f'holds_threshold must be in (0, 1]; got {self.holds_threshold}')
 
 
 def quick_config() -> TheoryConfig:
@@ -197,7 +198,7 @@ def scale_metrics(phi, num_benign_inputs: int, y_benign, target: int, scales,
   phi = np.asarray(phi, np.float64)
   scales = [float(s) for s in scales]
   if phi.ndim != 3 or phi.shape[0] != len(scales):
-    raise ValueError(f'phi must be (S={len(scales)}, M, K); got {phi.shape}')
+    raise InputError(f'phi must be (S={len(scales)}, M, K); got {phi.shape}')
   mb = num_benign_inputs
   i1 = scales.index(1.0)
   spc_idx = [scales.index(float(s)) for s in SPC_SCALES]

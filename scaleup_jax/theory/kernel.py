@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaleup_jax.validation import InputError
+
 
 def _concrete(value):
   """``float(value)`` if ``value`` is concrete, else None (a tracer under jit)."""
@@ -38,20 +40,20 @@ def _concrete(value):
 
 
 def check_gamma(gamma) -> None:
-  """Raises ValueError unless ``gamma`` is a finite positive number.
+  """Raises InputError unless ``gamma`` is a finite positive number.
 
   Tracers (``gamma`` passed through ``jax.jit``) are not checked.
   """
   value = _concrete(gamma)
   if value is not None and not (np.isfinite(value) and value > 0):
-    raise ValueError(f'RBF width gamma must be finite and > 0; got gamma={value}')
+    raise InputError(f'RBF width gamma must be finite and > 0; got gamma={value}')
 
 
 def check_scale(n) -> None:
-  """Raises ValueError unless the amplification ``n`` is finite and >= 1."""
+  """Raises InputError unless the amplification ``n`` is finite and >= 1."""
   value = _concrete(n)
   if value is not None and not (np.isfinite(value) and value >= 1):
-    raise ValueError(f'amplification scale n must be finite and >= 1; got n={value}')
+    raise InputError(f'amplification scale n must be finite and >= 1; got n={value}')
 
 
 def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -72,7 +74,7 @@ def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   a = jnp.asarray(a)
   b = jnp.asarray(b)
   if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-    raise ValueError(f'expected a (M, D) and b (N, D) with the same D; got {a.shape} and {b.shape}')
+    raise InputError(f'expected a (M, D) and b (N, D) with the same D; got {a.shape} and {b.shape}')
   a2 = jnp.sum(a * a, axis=1)[:, None]
   b2 = jnp.sum(b * b, axis=1)[None, :]
   return jnp.maximum(a2 + b2 - 2.0 * (a @ b.T), 0.0)
@@ -140,9 +142,9 @@ def nadaraya_watson(x: jax.Array, x_train: jax.Array, values: jax.Array, gamma) 
   x_train = jnp.asarray(x_train, jnp.float32)
   values = jnp.asarray(values, jnp.float32)
   if x.ndim != 2 or x_train.ndim != 2 or x.shape[1] != x_train.shape[1]:
-    raise ValueError(f'x (M, D) and x_train (N, D) must share D; got {x.shape} and {x_train.shape}')
+    raise InputError(f'x (M, D) and x_train (N, D) must share D; got {x.shape} and {x_train.shape}')
   if values.ndim != 2 or values.shape[0] != x_train.shape[0]:
-    raise ValueError(f'values must be (N, V) with N={x_train.shape[0]}; got {values.shape}')
+    raise InputError(f'values must be (N, V) with N={x_train.shape[0]}; got {values.shape}')
   return _nw_rbf(x, x_train, values, jnp.float32(gamma))
 
 
@@ -150,7 +152,7 @@ def one_hot(labels, num_classes: int) -> jax.Array:
   """``(N,)`` integer labels -> ``(N, num_classes)`` float32 one-hot rows."""
   labels = np.asarray(labels)
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f'labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}]')
+    raise InputError(f'labels must lie in [0, {num_classes}); got range [{labels.min()}, {labels.max()}]')
   return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
 
 

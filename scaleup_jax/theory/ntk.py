@@ -45,6 +45,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from scaleup_jax.validation import InputError
+
 
 class MLP(nn.Module):
   """Fully connected ReLU network with a scalar output.
@@ -88,7 +90,7 @@ def init_mlp(key: jax.Array, dim: int, features: Sequence[int] = (128, 128),
     (3,)
   """
   if dim < 1 or not features or min(features) < 1:
-    raise ValueError(f'need dim >= 1 and positive widths; got dim={dim}, features={tuple(features)}')
+    raise InputError(f'need dim >= 1 and positive widths; got dim={dim}, features={tuple(features)}')
   model = MLP(features=tuple(features), bias_init_std=bias_init_std)
   params = model.init(key, jnp.zeros((1, dim), jnp.float32))
   return model.apply, params
@@ -132,7 +134,7 @@ def flat_jacobian(apply_fn, params, x, chunk: int = 256) -> jax.Array:
   jac = _JAC_CACHE[apply_fn]
   x = jnp.asarray(x, jnp.float32)
   if x.ndim != 2 or x.shape[0] == 0:
-    raise ValueError(f'x must be a non-empty (N, D) array; got shape {x.shape}')
+    raise InputError(f'x must be a non-empty (N, D) array; got shape {x.shape}')
   n = x.shape[0]
   chunk = min(chunk, n)
   pad = (-n) % chunk
@@ -185,7 +187,7 @@ class NTKRegressor:
     """Returns ``(M, V)`` predictions for ``(M, D)`` inputs."""
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 2:
-      raise ValueError(f'x must be (M, D); got shape {x.shape}')
+      raise InputError(f'x must be (M, D); got shape {x.shape}')
     outs = [_ntk_predict(self.apply_fn, self.params, self.directions, x[i:i + chunk])
             for i in range(0, x.shape[0], chunk)]
     return jnp.concatenate(outs)
@@ -227,18 +229,18 @@ def fit_ntk_regression(apply_fn, params, x_train, values, ridge: float = 1e-3, *
     (20, 2)
   """
   if not (np.isfinite(ridge) and ridge > 0):
-    raise ValueError(f'ridge must be finite and > 0; got ridge={ridge}')
+    raise InputError(f'ridge must be finite and > 0; got ridge={ridge}')
   x_train = jnp.asarray(x_train, jnp.float32)
   values = jnp.asarray(values, jnp.float32)
   n = x_train.shape[0]
   if values.ndim != 2 or values.shape[0] != n:
-    raise ValueError(f'values must be (N, V) with N={n}; got {values.shape}')
+    raise InputError(f'values must be (N, V) with N={n}; got {values.shape}')
   jac = flat_jacobian(apply_fn, params, x_train) if jacobian is None else jnp.asarray(jacobian)
   if jac.shape[0] != n:
-    raise ValueError(f'jacobian has {jac.shape[0]} rows for N={n} training inputs')
+    raise InputError(f'jacobian has {jac.shape[0]} rows for N={n} training inputs')
   gram = jac @ jac.T if gram is None else jnp.asarray(gram)
   if gram.shape != (n, n):
-    raise ValueError(f'gram must be ({n}, {n}); got {gram.shape}')
+    raise InputError(f'gram must be ({n}, {n}); got {gram.shape}')
   return ntk_linear_predictor(apply_fn, params, jac, ridge_dual_coefficients(gram, values, ridge))
 
 
@@ -257,11 +259,11 @@ def ridge_dual_coefficients(gram, values, ridge: float = 1e-3) -> jax.Array:
     ``(N, V)`` float32 dual coefficients.
   """
   if not (np.isfinite(ridge) and ridge > 0):
-    raise ValueError(f'ridge must be finite and > 0; got ridge={ridge}')
+    raise InputError(f'ridge must be finite and > 0; got ridge={ridge}')
   gram64 = np.asarray(gram, np.float64)
   n = gram64.shape[0]
   if gram64.shape != (n, n) or np.shape(values)[0] != n:
-    raise ValueError(f'gram must be (N, N) and values (N, V); got {gram64.shape} and {np.shape(values)}')
+    raise InputError(f'gram must be (N, N) and values (N, V); got {gram64.shape} and {np.shape(values)}')
   lam = ridge * np.trace(gram64) / n
   alpha = np.linalg.solve(gram64 + lam * np.eye(n), np.asarray(values, np.float64))
   if not np.all(np.isfinite(alpha)):
@@ -285,7 +287,7 @@ def ntk_linear_predictor(apply_fn, params, jacobian, coeffs) -> NTKRegressor:
   jacobian = jnp.asarray(jacobian, jnp.float32)
   coeffs = jnp.asarray(coeffs, jnp.float32)
   if coeffs.ndim != 2 or coeffs.shape[0] != jacobian.shape[0]:
-    raise ValueError(f'coeffs must be (N, V) with N={jacobian.shape[0]}; got {coeffs.shape}')
+    raise InputError(f'coeffs must be (N, V) with N={jacobian.shape[0]}; got {coeffs.shape}')
   unravel = jax.flatten_util.ravel_pytree(params)[1]
   directions = jax.vmap(unravel)((jacobian.T @ coeffs).T)  # leaves (V, *param_shape)
   return NTKRegressor(apply_fn, params, directions, coeffs)

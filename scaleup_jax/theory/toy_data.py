@@ -38,6 +38,8 @@ import dataclasses
 import jax
 import numpy as np
 
+from scaleup_jax.validation import InputError
+
 PATTERNS = ('white', 'black', 'random')
 
 
@@ -84,7 +86,7 @@ class ToyProblem:
 def class_prototypes(key: jax.Array, num_classes: int, dim: int) -> np.ndarray:
   """``(num_classes, dim)`` prototypes ``mu_k ~ U[0, 1]^dim``."""
   if num_classes < 2 or dim < 1:
-    raise ValueError(f'need num_classes >= 2 and dim >= 1; got num_classes={num_classes}, dim={dim}')
+    raise InputError(f'need num_classes >= 2 and dim >= 1; got num_classes={num_classes}, dim={dim}')
   return np.asarray(jax.random.uniform(key, (num_classes, dim)), np.float32)
 
 
@@ -108,9 +110,9 @@ def sample_benign(key: jax.Array, prototypes: np.ndarray, num: int, class_sep: f
     ((100, 64), True)
   """
   if not 0.0 <= class_sep <= 1.0:
-    raise ValueError(f'class_sep must be in [0, 1]; got {class_sep}')
+    raise InputError(f'class_sep must be in [0, 1]; got {class_sep}')
   if num < 1:
-    raise ValueError(f'num must be >= 1; got {num}')
+    raise InputError(f'num must be >= 1; got {num}')
   k_perm, k_u = jax.random.split(key)
   num_classes, dim = prototypes.shape
   y = np.arange(num) % num_classes
@@ -133,7 +135,7 @@ def make_trigger(key: jax.Array, dim: int, size: int, pattern: str = 'white'):
     ``(mask, pattern)``, both float32 ``(D,)``; ``pattern`` is 0 off the mask.
   """
   if not 1 <= size <= dim:
-    raise ValueError(f'trigger size must be in [1, dim={dim}]; got size={size}')
+    raise InputError(f'trigger size must be in [1, dim={dim}]; got size={size}')
   mask = np.zeros((dim,), np.float32)
   mask[dim - size:] = 1.0
   if pattern == 'white':
@@ -143,7 +145,7 @@ def make_trigger(key: jax.Array, dim: int, size: int, pattern: str = 'white'):
   elif pattern == 'random':
     values = np.asarray(jax.random.bernoulli(key, 0.5, (size,)), np.float32)
   else:
-    raise ValueError(f'unknown trigger pattern {pattern!r}; expected one of {PATTERNS}')
+    raise InputError(f'unknown trigger pattern {pattern!r}; expected one of {PATTERNS}')
   full = np.zeros((dim,), np.float32)
   full[dim - size:] = values
   return mask, full
@@ -155,9 +157,9 @@ def apply_trigger(x, mask, pattern):
 
 
 def check_ratio(ratio) -> None:
-  """Raises ValueError unless the poisoning ratio ``N_p / N_b`` is in (0, 1]."""
+  """Raises InputError unless the poisoning ratio ``N_p / N_b`` is in (0, 1]."""
   if not (np.isfinite(ratio) and 0.0 < ratio <= 1.0):
-    raise ValueError(f'poisoning ratio N_p/N_b must be in (0, 1]; got ratio={ratio}')
+    raise InputError(f'poisoning ratio N_p/N_b must be in (0, 1]; got ratio={ratio}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +228,7 @@ def poison(draws: BenignDraws, *, ratio: float = 1.0, trigger_size: int = 8,
   check_ratio(ratio)
   k = draws.num_classes
   if not 0 <= target < k:
-    raise ValueError(f'target must be in [0, {k}); got {target}')
+    raise InputError(f'target must be in [0, {k}); got {target}')
   num_benign, dim = draws.x_benign.shape
   num_poison = max(1, int(round(ratio * num_benign)))
   mask, pattern = make_trigger(draws.trigger_key, dim, trigger_size, trigger_pattern)

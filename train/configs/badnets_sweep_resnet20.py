@@ -22,7 +22,9 @@ sweep is those with size ``BASE_SIZE``, the trigger-size sweep those with rate
 """
 
 from scaleup_jax.reproduce import SWEEP_BASE_RATE as BASE_RATE, SWEEP_BASE_SIZE as BASE_SIZE
+from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20, default
+
 EPOCHS = 5
 
 
@@ -43,7 +45,7 @@ def get_config(arg: str = ''):
     elif key == 'epochs' and value:
       config.num_epochs = int(value)
     else:
-      raise ValueError(f"unknown sweep override {part!r}; expected rate=R, size=S, epochs=E or quick "
+      raise InputError(f"unknown sweep override {part!r}; expected rate=R, size=S, epochs=E or quick "
                        f"(got config argument {arg!r})")
   return default.quick(config) if quick else config
 

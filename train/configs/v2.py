@@ -24,6 +24,7 @@ import jax
 
 from train.configs import default
 from scaleup_jax import poison
+from scaleup_jax.validation import InputError
 
 TARGET_SEED = 2023
 SATURATION_CLASSES = (0,)  # measured on zoo/cifar10_clean_resnet20 (eval.diagnose).
@@ -42,7 +43,7 @@ def get_config(arg: str = ''):
   quick = 'quick' in parts
   names = [p for p in parts if p != 'quick']
   if len(names) != 1 or names[0] not in ATTACKS:
-    raise ValueError(f'v2 config takes one attack name (and optionally ",quick"): one of '
+    raise InputError(f'v2 config takes one attack name (and optionally ",quick"): one of '
                      f'{ATTACKS}; got {arg!r}')
   attack = names[0]
   module = importlib.import_module(f'train.configs.{attack}_resnet20')

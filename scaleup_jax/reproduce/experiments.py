@@ -1,16 +1,12 @@
-"""CPU-scale reproduction of the SCALE-UP paper's evaluation on existing run directories.
+"""The computations of :mod:`scaleup_jax.reproduce`: one function ``f(ctx) -> Outcome`` per experiment.
 
-``reproduce(opts)`` runs the experiments of :data:`EXPERIMENTS` (all, or those in
-``opts.only``) on models that are already trained (the zoo, or any run
-directories) and writes, under ``opts.out``::
-
-    reproduce.json          every experiment's numbers (or why it was skipped)
-    summary.md              links to every table and figure, with the command
-    <experiment>.md/.png    one table and one figure per experiment
-    table1/                 the raw output of :func:`scaleup_jax.compare.compare`
-                            (or ``opts.compare_dir``, which table1 extends)
-
-The experiments, each a function ``f(ctx) -> dict`` of this module:
+Each experiment function queries the models through the library's one scoring
+path (``detectors.make('scaleup')``'s label matrix, ``scaleup.fit_consistency``
+and ``consistency_scores``, ``metrics``) and returns an :class:`Outcome`: the
+numbers that go to ``reproduce.json`` (``record``) and the arrays its figure and
+table need beside them (``extras``). Nothing here draws or writes markdown;
+:mod:`.plots` and :mod:`.report` do, and :mod:`.run` holds the registry that
+ties the three together.
 
 * ``table1``: AUROC per attacked model x detector (paper Table 1) through
   :func:`scaleup_jax.compare.compare` (models already in its directory with the
@@ -49,19 +45,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from scaleup_jax import checkpoint as ckpt_lib
 from scaleup_jax import compare as compare_lib
 from scaleup_jax import detectors as detectors_lib
-from scaleup_jax import evaluate, scaleup
+from scaleup_jax import evaluate, integrity, scaleup
 from scaleup_jax import paper as paper_lib
 from scaleup_jax import paths
 from scaleup_jax.batching import map_batches
@@ -76,20 +70,6 @@ SWEEPS = ZOO / 'sweeps'
 SWEEP_BASE_RATE = 0.1
 SWEEP_BASE_SIZE = 3
 ADAPTIVE_CKPT = ZOO / 'cifar10_adaptive_resnet20'
-EXPERIMENTS = ('table1', 'fig2', 'fig3', 'roc', 'ablation_scales', 'ablation_defense_size',
-               'ablation_noise', 'poison_rate', 'trigger_size', 'adaptive')
-TITLES = {
-    'table1': 'AUROC per attacked model x detector, with bootstrap 95% intervals (paper Table 1)',
-    'fig2': 'Confidence on the original label vs multiplication factor (paper Fig. 2)',
-    'fig3': 'SPC of benign images per true class under the attacked model',
-    'roc': 'ROC curves of SCALE-UP per attacked model',
-    'ablation_scales': 'AUROC vs size of the scale set (paper Fig. 11)',
-    'ablation_defense_size': 'Data-limited AUROC vs benign images per class (paper Fig. 12)',
-    'ablation_noise': 'Additive Gaussian noise instead of amplification (paper Table 7 analog)',
-    'poison_rate': 'AUROC vs poisoning rate (paper Fig. 7)',
-    'trigger_size': 'AUROC vs trigger size (paper Fig. 7)',
-    'adaptive': 'Adaptive attack: AUROC and ASR under Gaussian noise (paper Fig. 7)',
-}
 DEFAULT_SCALES = tuple(float(s) for s in scaleup.DEFAULT_SCALES)
 ALL_SCALES = (3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0)
 SCALE_SETS = tuple(ALL_SCALES[:k] for k in (1, 2, 3, 4, 5)) + (ALL_SCALES,)
@@ -122,7 +102,7 @@ _QUICK = dict(num_images=48, num_defense_per_class=5, batch_size=32, detectors=(
 
 @dataclasses.dataclass
 class ReproduceOptions:
-  """Options of :func:`reproduce` (the flags of ``eval.reproduce``).
+  """Options of :func:`scaleup_jax.reproduce.reproduce` (the flags of ``eval.reproduce``).
 
   Fields left as None take the value of the full run or, with ``quick``, of
   the seconds-long test run (see ``_FULL`` and ``_QUICK``).
@@ -131,7 +111,7 @@ class ReproduceOptions:
   ckpt: str | None = None  # attacked model of the single-model experiments; None: zoo BadNets.
   clean_ckpt: str | None = None  # clean model of fig2; None: the zoo clean ResNet-20.
   ckpts: tuple = ()  # attacked models of table1/roc; (): (ckpt,) if given, else every zoo one.
-  only: tuple = ()  # experiments to run; (): all of EXPERIMENTS.
+  only: tuple = ()  # experiments to run; (): all of run.EXPERIMENTS.
   quick: bool = False
   num_images: int | None = None  # evaluation images per model before poisoning
   num_defense_per_class: int | None = None
@@ -154,27 +134,24 @@ class ReproduceOptions:
   command: str = ''  # recorded in every output
 
 
-def resolve_options(opts: ReproduceOptions) -> ReproduceOptions:
-  """Fills the None fields from the full or quick defaults and validates."""
-  defaults = _QUICK if opts.quick else _FULL
-  filled = {k: v for k, v in defaults.items() if getattr(opts, k) is None}
-  opts = dataclasses.replace(opts, **filled)
-  unknown = [e for e in opts.only if e not in EXPERIMENTS]
-  if unknown:
-    raise InputError(f'unknown experiment(s) {unknown}; expected some of {", ".join(EXPERIMENTS)}')
-  if opts.num_bootstrap < 1:
-    raise InputError(f'num_bootstrap must be >= 1; got {opts.num_bootstrap}')
-  if opts.noise_copies < 1:
-    raise InputError(f'noise_copies must be >= 1; got {opts.noise_copies}')
-  if any(m < 1 for m in opts.defense_sizes):
-    raise InputError(f'defense_sizes must be >= 1; got {list(opts.defense_sizes)}')
-  if any(s < 0 for s in (*opts.noise_stds, *opts.adaptive_noise_stds)):
-    raise InputError('noise standard deviations must be >= 0')
-  return opts
-
-
 class Skipped(Exception):
   """An experiment that cannot run with the models at hand (not an error)."""
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What one experiment computed.
+
+  Attributes:
+    record: the experiment's numbers, as written to ``reproduce.json`` (plain
+      JSON values: dicts, lists, floats, strings).
+    extras: what its table and figure need beside ``record`` and that is not
+      kept in ``reproduce.json``: raw score arrays of a curve, the settings a
+      caption names. Empty where ``record`` is enough.
+  """
+
+  record: dict
+  extras: dict = dataclasses.field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ statistics
@@ -449,50 +426,19 @@ def _consistency_scores(lms: dict, target: int, num_classes: int, defense_mask=N
   return {m: (benign[m], poisoned[m][fooled]) for m in ('data-free', 'data-limited')}
 
 
-# ------------------------------------------------------------------ outputs
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _save_figure(fig, path: Path, command: str) -> str:
-  """Saves ``fig`` with the command that made it printed along the bottom."""
-  if command:
-    fig.text(0.005, 0.005, f'$ {command}', fontsize=6, color='0.35', family='monospace',
-             ha='left', va='bottom')
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-  else:
-    fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  _plt().close(fig)
-  return path.name
-
-
-def _write_md(ctx: Context, name: str, lines: list[str]) -> str:
-  path = ctx.out / f'{name}.md'
-  head = [f'# {TITLES[name]}', '']
-  if ctx.opts.command:
-    head += [f'Command: `{ctx.opts.command}`', '']
-  path.write_text('\n'.join(head + lines).rstrip() + '\n')
-  return path.name
-
-
-def _fmt(v) -> str:
-  return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{v:.3f}'
-
-
 def _aurocs(scores: dict) -> dict:
   return {mode: detection_metrics(b, p)['auroc'] for mode, (b, p) in scores.items()}
+
+
+def _rel(path: Path, start: Path) -> str:
+  """``path`` relative to ``start`` (with ``..`` where needed), for links in markdown."""
+  return Path(os.path.relpath(Path(path).absolute(), Path(start).absolute())).as_posix()
 
 
 # ------------------------------------------------------------------ experiments
 
 
-def table1(ctx: Context) -> dict:
+def table1(ctx: Context) -> Outcome:
   """AUROC per attacked model x detector through ``compare.compare``, with bootstrap CIs.
 
   The intervals are recomputed from the score files ``evaluate_detection``
@@ -522,56 +468,19 @@ def table1(ctx: Context) -> dict:
       ci['auroc_compare'] = float(mat[i, j])
       ci['matches_compare'] = bool(abs(ci['auroc'] - mat[i, j]) < 1e-6)
       intervals[model][title] = ci
-
-  lines = [f"{compare_lib.image_count(summary['num_images']).capitalize()}, "
-           f"{summary['num_defense_per_class']} defender images per class, seed {o.seed}; "
-           f'positives are the poisoned images the attack fooled. Cells: AUROC '
-           f'[{o.num_bootstrap}-resample percentile-bootstrap 95% interval; benign and '
-           f'positive scores resampled independently].', '',
-           '| model | attack | BA | ASR | ' + ' | '.join(titles) + ' |',
-           '|---|---|---:|---:|' + '---:|' * len(titles)]
-  for i, model in enumerate(rows):
-    first = next(iter(summary['results'][model].values()))
-    cells = []
-    for title in titles:
-      ci = intervals[model].get(title)
-      cells.append('–' if ci is None else f"{ci['auroc']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]")
-    lines.append(f"| {model} | {first['attack']} | {first['ba']:.3f} | {first['asr']:.3f} | "
-                 + ' | '.join(cells) + ' |')
-  attacks = {m: next(iter(summary['results'][m].values()))['attack'] for m in rows}
+  firsts = {m: next(iter(summary['results'][m].values())) for m in rows}
+  attacks = {m: first['attack'] for m, first in firsts.items()}
   paper = paper_side_by_side(attacks, {m: {t: ci['auroc'] for t, ci in intervals[m].items()}
                                        for m in rows}, titles)
-  lines += ['', '## Side by side with the paper', '', PAPER_NOTE, '']
-  lines += paper_table_lines(paper, attacks, [t for t in titles if any(t in r for r in paper.values())])
-  lines += ['', f"Raw comparison (throughput too): [{_rel(out / 'compare.md', ctx.out)}]"
-            f"({_rel(out / 'compare.md', ctx.out)})."]
-  md = _write_md(ctx, 'table1', lines)
-
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(min(14.0, 1.1 * len(titles) + 2.5), 4.2))
-  width = 0.8 / max(1, len(rows))
-  for i, model in enumerate(rows):
-    xs, ys, err = [], [], [[], []]
-    for j, title in enumerate(titles):
-      ci = intervals[model].get(title)
-      if ci is None:
-        continue
-      xs.append(j + (i - (len(rows) - 1) / 2) * width)
-      ys.append(ci['auroc'])
-      err[0].append(ci['auroc'] - ci['low'])
-      err[1].append(ci['high'] - ci['auroc'])
-    ax.errorbar(xs, ys, yerr=err, fmt='o', capsize=3, label=model)
-  ax.axhline(0.5, color='k', ls=':', lw=0.8)
-  ax.set_xticks(range(len(titles)), titles, rotation=30, ha='right', fontsize=8)
-  ax.set_ylabel('AUROC (95% bootstrap CI)')
-  ax.set_ylim(-0.02, 1.02)
-  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
-  ax.set_title('Detection AUROC per model and detector')
-  png = _save_figure(fig, ctx.out / 'table1.png', o.command)
-  return {'models': rows, 'columns': titles, 'auroc': intervals, 'paper': paper,
-          'paper_note': PAPER_NOTE,
-          'compare_json': _rel(out / 'compare.json', ctx.out),
-          'md': md, 'png': png}
+  record = {'models': rows, 'columns': titles, 'auroc': intervals, 'paper': paper,
+            'paper_note': PAPER_NOTE, 'compare_json': _rel(out / 'compare.json', ctx.out)}
+  extras = {'num_images': summary['num_images'],
+            'num_defense_per_class': summary['num_defense_per_class'], 'seed': o.seed,
+            'num_bootstrap': o.num_bootstrap, 'attacks': attacks,
+            'ba': {m: first['ba'] for m, first in firsts.items()},
+            'asr': {m: first['asr'] for m, first in firsts.items()},
+            'compare_md': _rel(out / 'compare.md', ctx.out)}
+  return Outcome(record, extras)
 
 
 def paper_side_by_side(attacks: dict, ours: dict, titles: Sequence[str]) -> dict:
@@ -605,42 +514,23 @@ def paper_side_by_side(attacks: dict, ours: dict, titles: Sequence[str]) -> dict
   return out
 
 
-def paper_table_lines(paper: dict, attacks: dict, titles: Sequence[str]) -> list[str]:
-  """Markdown rows ``ours / paper (diff)`` of :func:`paper_side_by_side`'s result.
-
-  Models without any cell in the paper (e.g. the adaptive attack) get no row.
-  """
-  lines = ['| model | attack | ' + ' | '.join(titles) + ' |', '|---|---|' + '---:|' * len(titles)]
-  for model, row in paper.items():
-    if not row:
-      continue
-    cells = []
-    for title in titles:
-      c = row.get(title)
-      if c is None:
-        cells.append('–')
-      elif c['ours'] is None:
-        cells.append(f"– / {c['paper']:.3f}")
-      else:
-        cells.append(f"{c['ours']:.3f} / {c['paper']:.3f} ({c['diff']:+.3f})")
-    lines.append(f'| {model} | {attacks[model]} | ' + ' | '.join(cells) + ' |')
-  return lines
-
-
-def _rel(path: Path, start: Path) -> str:
-  """``path`` relative to ``start`` (with ``..`` where needed), for links in markdown."""
-  return Path(os.path.relpath(Path(path).absolute(), Path(start).absolute())).as_posix()
-
-
 def _stored_scores(json_path: Path, mode: str):
-  """``(benign, positives)`` of one column from ``evaluate_detection``'s JSON and score file."""
+  """``(benign, positives)`` of one column from ``evaluate_detection``'s JSON and score file.
+
+  The score file is read with :func:`scaleup_jax.integrity.load_npz_checked`, so
+  a truncated or altered file is an ``IntegrityError`` naming it.
+  """
   npz = json_path.with_suffix('.scores.npz')
   if not npz.is_file():
     raise InputError(f'score file {str(npz)!r} is missing')
-  s = np.load(npz)
+  s = integrity.load_npz_checked(npz, 'scores')
   b, p, fooled = s['benign_score'], s['poisoned_score'], s['successful']
   if mode == 'data-limited':
-    saved = json.loads(json_path.read_text())
+    try:
+      saved = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+      raise integrity.IntegrityError(f'{str(json_path)!r} is not readable JSON (truncated or '
+                                     f'corrupt): {e}') from None
     cs, form = saved['class_stats'], saved.get('data_limited_form', 'standardised')
     stats = scaleup.ClassStats(np.asarray(cs['mean'], np.float32), np.asarray(cs['std'], np.float32),
                                np.asarray(cs['count']), 0.0, 1.0, cs['min_std'],
@@ -650,7 +540,7 @@ def _stored_scores(json_path: Path, mode: str):
   return b, p[fooled]
 
 
-def fig2(ctx: Context) -> dict:
+def fig2(ctx: Context) -> Outcome:
   """Mean confidence on the original label vs n = 1..11, benign vs poisoned, clean vs attacked.
 
   Benign images are the attacked model's evaluation images; poisoned images are
@@ -673,41 +563,11 @@ def fig2(ctx: Context) -> dict:
     for name, c in _split(conf, {k: len(v) for k, v in sets.items()}).items():
       entry[name] = {'mean': c.mean(0).tolist(), 'std': c.std(0).tolist(), 'count': int(len(c))}
     result['models'][title] = entry
-
-  plt = _plt()
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-  for ax, (title, entry) in zip(axes, result['models'].items()):
-    ax.set_title(title if 'skipped' not in entry else f"{title}: skipped")
-    for name, color in (('benign', 'tab:blue'), ('poisoned', 'tab:red')):
-      if name not in entry:
-        continue
-      m, s = np.asarray(entry[name]['mean']), np.asarray(entry[name]['std'])
-      ax.plot(FIG2_FACTORS, m, 'o-', color=color, label=f"{name} ({entry[name]['count']})")
-      ax.fill_between(FIG2_FACTORS, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color=color,
-                      alpha=0.15)
-    ax.set_xlabel('multiplication factor n')
-    ax.set_xticks(FIG2_FACTORS)
-    ax.legend(fontsize=8)
-  axes[0].set_ylabel('confidence on the original label')
-  png = _save_figure(fig, ctx.out / 'fig2.png', o.command)
-  lines = ['Mean (± std, shaded in the figure and clipped to [0, 1]) softmax probability of '
-           'the label predicted at n = 1, on clip(n x, 0, 1). Poisoned images carry the '
-           f'attacked model\'s trigger (`{ctx.ckpt.name}`) for both models.', '',
-           '| model | images | ' + ' | '.join(f'n={n:g}' for n in FIG2_FACTORS) + ' |',
-           '|---|---|' + '---:|' * len(FIG2_FACTORS)]
-  for title, entry in result['models'].items():
-    if 'skipped' in entry:
-      lines.append(f"| {title} | skipped: {entry['skipped']} |")
-      continue
-    for name in sets:
-      lines.append(f'| {title} | {name} | ' + ' | '.join(_fmt(v) for v in entry[name]['mean']) + ' |')
-  result.update(md=_write_md(ctx, 'fig2', lines), png=png)
-  return result
+  return Outcome(result, {'sets': list(sets)})
 
 
-def fig3(ctx: Context) -> dict:
+def fig3(ctx: Context) -> Outcome:
   """SPC (default scales) of the benign evaluation images, grouped by true class."""
-  o = ctx.opts
   ev = ctx.eval_set(ctx.ckpt)
   spc = scaleup.spc_from_labels(slice_label_matrix(ctx.labels(ctx.ckpt)['benign'], ALL_SCALES,
                                                    DEFAULT_SCALES))
@@ -718,96 +578,39 @@ def fig3(ctx: Context) -> dict:
     per_class[c] = {'count': int(v.size), 'mean': float(v.mean()) if v.size else None,
                     'std': float(v.std()) if v.size else None,
                     'median': float(np.median(v)) if v.size else None}
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(7, 3.6))
-  present = [c for c in range(k) if per_class[c]['count']]
-  box = ax.boxplot([spc[labels == c] for c in present], positions=present, widths=0.6,
-                   patch_artist=True, showmeans=True)
-  for c, patch in zip(present, box['boxes']):
-    patch.set_facecolor('tab:red' if c == target else 'tab:blue')
-    patch.set_alpha(0.5)
-  ax.set_xticks(range(k), [f'{c}*' if c == target else str(c) for c in range(k)])
-  ax.set_xlabel(f'true class (* = target class {target})')
-  ax.set_ylabel('SPC (benign images)')
-  ax.set_ylim(-0.05, 1.05)
-  ax.set_title(f'SPC per class, {ctx.ckpt.name}, S = {{{", ".join(f"{s:g}" for s in DEFAULT_SCALES)}}}')
-  png = _save_figure(fig, ctx.out / 'fig3.png', o.command)
-  lines = [f'Benign evaluation images of `{ctx.ckpt.name}`, SPC with S = '
-           f'{{{", ".join(f"{s:g}" for s in DEFAULT_SCALES)}}}; target class {target}.', '',
-           '| true class | images | mean SPC | std | median |', '|---|---:|---:|---:|---:|']
-  for c, r in per_class.items():
-    name = f'**{c} (target)**' if c == target else str(c)
-    lines.append(f"| {name} | {r['count']} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {_fmt(r['median'])} |")
-  return {'ckpt': str(ctx.ckpt), 'target': target, 'per_class': per_class,
-          'md': _write_md(ctx, 'fig3', lines), 'png': png}
+  return Outcome({'ckpt': str(ctx.ckpt), 'target': target, 'per_class': per_class},
+                 {'spc': spc, 'labels': labels})
 
 
-def roc(ctx: Context) -> dict:
-  """ROC curves of SCALE-UP (data-free and data-limited), one panel per attacked model."""
-  o = ctx.opts
+def roc(ctx: Context) -> Outcome:
+  """ROC curves of SCALE-UP (data-free and data-limited), one per attacked model and mode."""
   if not ctx.attacked:
     raise Skipped('needs attacked models; pass --ckpts')
-  plt = _plt()
-  n = len(ctx.attacked)
-  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
   result = {'models': {}}
-  for ax, ckpt in zip(axes[0], ctx.attacked):
+  curves = []  # one (model name, {mode: (fpr, tpr, auroc)}) per attacked model, in order
+  for ckpt in ctx.attacked:
     scores = ctx.scaleup_scores(ckpt)
-    entry = {}
+    entry, curve = {}, {}
     for mode, (b, p) in scores.items():
       m = detection_metrics(b, p)
       entry[mode] = {k: m[k] for k in ('auroc', 'tpr@0.01fpr_interp', 'tpr@0.05fpr_interp',
                                        'num_benign', 'num_poisoned')}
-      fpr, tpr = roc_points(b, p)
-      ax.plot(fpr, tpr, label=f"{mode} ({m['auroc']:.3f})")
-    ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
-    ax.set_title(Path(ckpt).name, fontsize=9)
-    ax.set_xlabel('false-positive rate')
-    ax.legend(fontsize=7, loc='lower right')
+      curve[mode] = (*roc_points(b, p), m['auroc'])
     result['models'][Path(ckpt).name] = entry
-  axes[0][0].set_ylabel('true-positive rate')
-  png = _save_figure(fig, ctx.out / 'roc.png', o.command)
-  lines = ['SCALE-UP, S = {3, 5, 7, 9, 11}; TPRs read off the ROC curve (interpolated).', '',
-           '| model | mode | AUROC | TPR@1% FPR | TPR@5% FPR | benign | positives |',
-           '|---|---|---:|---:|---:|---:|---:|']
-  for model, entry in result['models'].items():
-    for mode, m in entry.items():
-      lines.append(f"| {model} | {mode} | {m['auroc']:.3f} | {m['tpr@0.01fpr_interp']:.3f} | "
-                   f"{m['tpr@0.05fpr_interp']:.3f} | {m['num_benign']} | {m['num_poisoned']} |")
-  result.update(md=_write_md(ctx, 'roc', lines), png=png)
-  return result
+    curves.append((Path(ckpt).name, curve))
+  return Outcome(result, {'curves': curves})
 
 
-def ablation_scales(ctx: Context) -> dict:
+def ablation_scales(ctx: Context) -> Outcome:
   """AUROC vs scale set, every set sliced from one label matrix over :data:`ALL_SCALES`."""
-  o = ctx.opts
   rows = []
   for subset in SCALE_SETS:
     a = _aurocs(ctx.scaleup_scores(ctx.ckpt, subset))
     rows.append({'scales': list(subset), 'size': len(subset), **a})
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.6))
-  labels = ['{' + ','.join(f'{s:g}' for s in r['scales'][:5]) + (',..' if r['size'] > 5 else '')
-            + '}' for r in rows]
-  for mode in ('data-free', 'data-limited'):
-    ax.plot(range(len(rows)), [r[mode] for r in rows], 'o-', label=mode)
-  ax.set_xticks(range(len(rows)), labels, rotation=25, ha='right', fontsize=7)
-  ax.set_xlabel('scale set S')
-  ax.set_ylabel('AUROC')
-  ax.set_title(f'AUROC vs scale set, {ctx.ckpt.name}', fontsize=9)
-  ax.legend(fontsize=8)
-  png = _save_figure(fig, ctx.out / 'ablation_scales.png', o.command)
-  lines = [f'`{ctx.ckpt.name}`; one label matrix over S = {{{", ".join(f"{s:g}" for s in ALL_SCALES)}}}, '
-           'sliced per set.', '', '| S | size | AUROC data-free | AUROC data-limited |',
-           '|---|---:|---:|---:|']
-  for r in rows:
-    lines.append(f"| {{{', '.join(f'{s:g}' for s in r['scales'])}}} | {r['size']} | "
-                 f"{r['data-free']:.3f} | {r['data-limited']:.3f} |")
-  return {'ckpt': str(ctx.ckpt), 'rows': rows, 'md': _write_md(ctx, 'ablation_scales', lines),
-          'png': png}
+  return Outcome({'ckpt': str(ctx.ckpt), 'rows': rows})
 
 
-def ablation_defense_size(ctx: Context) -> dict:
+def ablation_defense_size(ctx: Context) -> Outcome:
   """Data-limited AUROC vs benign images per class, mean ± std over seeded draws.
 
   Draws ``m`` images per true class from the defender's images (``m`` at most
@@ -838,29 +641,12 @@ def ablation_defense_size(ctx: Context) -> dict:
   if not rows:
     raise Skipped(f'every defense size {list(o.defense_sizes)} exceeds the {available} defender '
                   'images per class; raise --num_defense_per_class')
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.6))
-  ax.errorbar([r['per_class'] for r in rows], [r['mean'] for r in rows],
-              yerr=[r['std'] for r in rows], fmt='o-', capsize=3, label='data-limited')
-  ax.axhline(data_free, color='tab:orange', ls='--', label=f'data-free ({data_free:.3f})')
-  ax.set_xscale('log')
-  ax.set_xlabel('benign images per class')
-  ax.set_ylabel(f'AUROC (mean ± std, {len(o.defense_seeds)} draws)')
-  ax.set_title(f'Data-limited AUROC vs defender images, {ctx.ckpt.name}', fontsize=9)
-  ax.legend(fontsize=8)
-  png = _save_figure(fig, ctx.out / 'ablation_defense_size.png', o.command)
-  lines = [f'`{ctx.ckpt.name}`, S = {{3, 5, 7, 9, 11}}; {len(o.defense_seeds)} draws per size '
-           f'(seeds {list(o.defense_seeds)}); data-free AUROC {data_free:.3f}.', '',
-           '| images per class | AUROC mean | std |', '|---:|---:|---:|']
-  lines += [f"| {r['per_class']} | {r['mean']:.3f} | {r['std']:.3f} |" for r in rows]
-  if skipped:
-    lines += ['', f'Skipped sizes {skipped}: more than the {available} defender images per class.']
-  return {'ckpt': str(ctx.ckpt), 'rows': rows, 'data_free_auroc': data_free,
-          'skipped_sizes': skipped, 'md': _write_md(ctx, 'ablation_defense_size', lines),
-          'png': png}
+  return Outcome({'ckpt': str(ctx.ckpt), 'rows': rows, 'data_free_auroc': data_free,
+                  'skipped_sizes': skipped},
+                 {'defense_seeds': list(o.defense_seeds), 'available': available})
 
 
-def ablation_noise(ctx: Context) -> dict:
+def ablation_noise(ctx: Context) -> Outcome:
   """Consistency under additive Gaussian noise (``noise_copies`` draws) vs under scaling."""
   o = ctx.opts
   ev = ctx.eval_set(ctx.ckpt)
@@ -879,30 +665,8 @@ def ablation_noise(ctx: Context) -> dict:
     b = parts['benign'][t]
     to_target = float(np.mean(b[b[:, 0] != target, 1:] == target))
     rows.append({'std': float(std), **_aurocs(scores), 'benign_to_target': to_target})
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.6))
-  for mode, color in (('data-free', 'tab:blue'), ('data-limited', 'tab:orange')):
-    ax.plot([r['std'] for r in rows], [r[mode] for r in rows], 'o-', color=color,
-            label=f'noise, {mode}')
-    ax.axhline(scaling[mode], color=color, ls='--', lw=1, label=f'scaling, {mode}')
-  ax.set_xlabel('noise std (pixels in [0, 1])')
-  ax.set_ylabel('AUROC')
-  ax.set_title(f'Noise vs amplification, {ctx.ckpt.name}', fontsize=9)
-  ax.legend(fontsize=7)
-  png = _save_figure(fig, ctx.out / 'ablation_noise.png', o.command)
-  lines = [f'`{ctx.ckpt.name}`. Consistency = fraction of {o.noise_copies} noisy queries '
-           'clip(x + std e, 0, 1), e ~ N(0, I), with the unperturbed prediction; scored and '
-           'standardised exactly as SPC. Last column: fraction of the noisy queries of benign '
-           'images not predicted as the target that the model sends to the target (noise '
-           'firing the backdoor by itself).', '',
-           '| perturbation | AUROC data-free | AUROC data-limited | benign queries to target |',
-           '|---|---:|---:|---:|',
-           f"| scaling, S = {{3, 5, 7, 9, 11}} | {scaling['data-free']:.3f} | "
-           f"{scaling['data-limited']:.3f} | – |"]
-  lines += [f"| Gaussian noise, std {r['std']:g} | {r['data-free']:.3f} | {r['data-limited']:.3f} | "
-            f"{r['benign_to_target']:.3f} |" for r in rows]
-  return {'ckpt': str(ctx.ckpt), 'noise_copies': o.noise_copies, 'scaling': scaling, 'rows': rows,
-          'md': _write_md(ctx, 'ablation_noise', lines), 'png': png}
+  return Outcome({'ckpt': str(ctx.ckpt), 'noise_copies': o.noise_copies, 'scaling': scaling,
+                  'rows': rows})
 
 
 def _existing(paths, flag: str, what: str) -> list[Path]:
@@ -914,11 +678,15 @@ def _existing(paths, flag: str, what: str) -> list[Path]:
   return [Path(p) for p in paths]
 
 
-def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
-           all_poisoned: bool = False) -> dict:
+def _sweep(ctx: Context, paths: list[Path], x_name: str, getter,
+           all_poisoned: bool = False) -> Outcome:
   """SCALE-UP AUROC per model of a sweep; with ``all_poisoned`` also with every
-  triggered image as a positive (columns ``'<mode> (all)'``)."""
-  o = ctx.opts
+  triggered image as a positive (columns ``'<mode> (all)'``).
+
+  Rows are sorted by training schedule (epochs), then by ``x_name``: models
+  trained on different schedules are different curves, never one line.
+  ``extras`` names the columns (``modes``) and the schedules in order.
+  """
   modes = ['data-free', 'data-limited']
   rows = []
   for p in paths:
@@ -935,46 +703,12 @@ def _sweep(ctx: Context, name: str, paths: list[Path], x_name: str, getter,
       row.update({f'{m} (all)': v for m, v in
                   _aurocs(ctx.scaleup_scores(p, all_poisoned=True)).items()})
     rows.append(row)
-  # Models trained on different schedules are different curves, never one line.
   rows.sort(key=lambda r: (r['epochs'] is None, r['epochs'] or 0, r[x_name]))
   schedules = list(dict.fromkeys(r['epochs'] for r in rows))
   if all_poisoned:
     modes += [f'{m} (all)' for m in modes]
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.6))
-  for k, epochs in enumerate(schedules):
-    group = [r for r in rows if r['epochs'] == epochs]
-    for i, mode in enumerate(modes):
-      label = (mode.replace('(all)', '(all poisoned)') if i >= 2 else
-               mode + (' (successful poisoned)' if all_poisoned else ''))
-      if len(schedules) > 1:
-        label += f', {"?" if epochs is None else epochs} epochs'
-      ax.plot([r[x_name] for r in group], [r[mode] for r in group],
-              (('o', '^', 'D', 'v') if i < 2 else ('s', '<', 'p', '>'))[k % 4]
-              + ('-' if i < 2 else '--'),
-              color=('tab:blue', 'tab:orange')[i % 2], alpha=1.0 if k == 0 else 0.6,
-              label=label)
-  ax.set_xlabel(x_name.replace('_', ' '))
-  ax.set_ylabel('AUROC')
-  if x_name == 'poison_rate':
-    ax.set_xscale('log')
-  ax.legend(fontsize=7 if len(schedules) == 1 else 6)
-  png = _save_figure(fig, ctx.out / f'{name}.png', o.command)
-  head = ''.join(f' AUROC {m} |' for m in modes)
-  lines = []
-  if all_poisoned:
-    lines += ['Positives: the poisoned test images the model sends to the target (successful), '
-              'and, in the "(all)" columns, every triggered non-target test image.', '']
-  lines += [f'| model | {x_name} | epochs | ASR |{head}', '|---|---:|---:|---:|' + '---:|' * len(modes)]
-  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {'?' if r['epochs'] is None else r['epochs']} "
-            f"| {r['asr']:.3f} |" + ''.join(f' {_fmt(r[m])} |' for m in modes) for r in rows]
-  if any(np.isnan(r[modes[0]]) for r in rows):
-    lines += ['', '–: the model sends no poisoned image to the target (ASR 0), so there is no '
-              'successful poisoned image to detect.']
-  if len(schedules) > 1:
-    lines += ['', 'Rows are grouped by training schedule (epochs); compare points within a '
-              'schedule. A longer schedule is used where the backdoor did not form in the short one.']
-  return {'rows': rows, 'md': _write_md(ctx, name, lines), 'png': png}
+  return Outcome({'rows': rows}, {'x_name': x_name, 'all_poisoned': all_poisoned, 'modes': modes,
+                                  'schedules': schedules})
 
 
 def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
@@ -1004,23 +738,22 @@ def _sweep_paths(ctx: Context, explicit, kind: str, flag: str, what: str) -> lis
                    f'{_rel(SWEEPS, Path.cwd())}/ (train/configs/badnets_sweep_resnet20.py)'))
 
 
-def poison_rate(ctx: Context) -> dict:
+def poison_rate(ctx: Context) -> Outcome:
   """SCALE-UP AUROC vs the poisoning rate of the models in ``rate_ckpts``."""
   paths = _sweep_paths(ctx, ctx.opts.rate_ckpts, 'rate', '--rate_ckpts',
                        'attacked models trained at several poisoning rates')
-  return _sweep(ctx, 'poison_rate', paths, 'poison_rate', lambda c: float(c.poison_rate),
-                all_poisoned=True)
+  return _sweep(ctx, paths, 'poison_rate', lambda c: float(c.poison_rate), all_poisoned=True)
 
 
-def trigger_size(ctx: Context) -> dict:
+def trigger_size(ctx: Context) -> Outcome:
   """SCALE-UP AUROC vs the trigger size (``attack_kwargs.size``) of ``size_ckpts``."""
   paths = _sweep_paths(ctx, ctx.opts.size_ckpts, 'size', '--size_ckpts',
                        'attacked models trained with several trigger sizes')
-  return _sweep(ctx, 'trigger_size', paths, 'trigger_size',
+  return _sweep(ctx, paths, 'trigger_size',
                 lambda c: float(c.attack_kwargs.get('size', float('nan'))))
 
 
-def adaptive(ctx: Context) -> dict:
+def adaptive(ctx: Context) -> Outcome:
   """The adaptive attack: SCALE-UP AUROC, and ASR under Gaussian noise, vs the BadNets model.
 
   ASR at noise std ``s`` is the fraction of poisoned (non-target, triggered)
@@ -1053,139 +786,5 @@ def adaptive(ctx: Context) -> dict:
     result['models'][role] = {'ckpt': str(path), 'attack': run.config.attack, 'asr': asr,
                               'benign_to_target': noise_only, 'num_benign': int(len(clean)),
                               **_aurocs(ctx.scaleup_scores(path))}
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.6))
-  for (role, r), color in zip(result['models'].items(), ('tab:red', 'tab:blue')):
-    ax.plot(result['noise_stds'], r['asr'], 'o-', color=color,
-            label=f"{role} ({Path(r['ckpt']).name}): ASR")
-    ax.plot(result['noise_stds'], r['benign_to_target'], 'x--', color=color, alpha=0.7,
-            label=f'{role}: benign, no trigger, sent to target')
-  ax.set_xlabel('Gaussian noise std')
-  ax.set_ylabel('fraction predicted as the target')
-  ax.set_ylim(-0.02, 1.02)
-  ax.legend(fontsize=7)
-  png = _save_figure(fig, ctx.out / 'adaptive.png', o.command)
-  stds = result['noise_stds']
-  lines = ['ASR@s: triggered non-target images sent to the target after Gaussian noise of std s; '
-           'noise@s: the same noise on benign non-target images without a trigger (the rate '
-           'noise alone sends to the target).', '',
-           '| model | attack | AUROC data-free | AUROC data-limited | '
-           + ' | '.join(f'ASR@{s:g}' for s in stds) + ' | '
-           + ' | '.join(f'noise@{s:g}' for s in stds) + ' |',
-           '|---|---|---:|---:|' + '---:|' * (2 * len(stds))]
-  for role, r in result['models'].items():
-    lines.append(f"| {role}: {Path(r['ckpt']).name} | {r['attack']} | {r['data-free']:.3f} | "
-                 f"{r['data-limited']:.3f} | " + ' | '.join(f'{a:.3f}' for a in r['asr']) + ' | '
-                 + ' | '.join(f'{a:.3f}' for a in r['benign_to_target']) + ' |')
-  lines += ['', f'Paper: SCALE-UP AUROC {PAPER_ADAPTIVE_AUROC[0]} on its adaptive attack '
-            f'({PAPER_ADAPTIVE_AUROC[1]}).']
   result['paper_auroc'] = {'value': PAPER_ADAPTIVE_AUROC[0], 'source': PAPER_ADAPTIVE_AUROC[1]}
-  result.update(md=_write_md(ctx, 'adaptive', lines), png=png)
-  return result
-
-
-FUNCTIONS: dict[str, Callable[[Context], dict]] = {
-    'table1': table1, 'fig2': fig2, 'fig3': fig3, 'roc': roc, 'ablation_scales': ablation_scales,
-    'ablation_defense_size': ablation_defense_size, 'ablation_noise': ablation_noise,
-    'poison_rate': poison_rate, 'trigger_size': trigger_size, 'adaptive': adaptive,
-}
-
-
-# ------------------------------------------------------------------ driver
-
-
-def reproduce(opts: ReproduceOptions) -> dict:
-  """Runs the chosen experiments; writes ``reproduce.json`` and ``summary.md`` under ``opts.out``.
-
-  Returns:
-    The JSON dictionary: options, device, and per experiment either its result
-    (with ``status: 'ok'``, ``seconds``, ``md`` and ``png`` file names) or
-    ``{'status': 'skipped', 'reason': ...}``.
-  """
-  opts = resolve_options(opts)
-  ctx = Context(opts)
-  ctx.out.mkdir(parents=True, exist_ok=True)
-  names = [e for e in EXPERIMENTS if not opts.only or e in opts.only]
-  settings = {'command': opts.command, 'num_images': opts.num_images,
-              'num_defense_per_class': opts.num_defense_per_class, 'seed': opts.seed}
-  results = {}
-  t_start = time.time()
-  for name in tqdm(names, desc='experiments', disable=not opts.progress, dynamic_ncols=True):
-    t0 = time.time()
-    try:
-      r = FUNCTIONS[name](ctx)
-      results[name] = {'status': 'ok', 'seconds': round(time.time() - t0, 1), **r, **settings}
-    except Skipped as e:
-      results[name] = {'status': 'skipped', 'reason': str(e), **settings}
-  # Read what to keep only now, so runs into one --out that overlap in time keep each other's.
-  kept = _kept_results(ctx.out / 'reproduce.json', opts) if opts.only else {}
-  results = {e: results.get(e, kept.get(e)) for e in EXPERIMENTS if e in results or e in kept}
-  opt_dict = {k: (list(v) if isinstance(v, tuple) else v)
-              for k, v in dataclasses.asdict(opts).items()}
-  summary = {'command': opts.command, 'options': opt_dict, 'device': jax.devices()[0].device_kind,
-             'jax_version': jax.__version__, 'wall_seconds': round(time.time() - t_start, 1),
-             'experiments': results}
-  (ctx.out / 'reproduce.json').write_text(json.dumps(summary, indent=2, default=_jsonable))
-  (ctx.out / 'summary.md').write_text(summary_markdown(summary))
-  summary['out'] = str(ctx.out)
-  return summary
-
-
-def _kept_results(path: Path, opts: ReproduceOptions) -> dict:
-  """Experiments of an earlier ``reproduce.json`` at ``path`` that this run keeps.
-
-  A run restricted by ``opts.only`` updates its experiments and keeps the
-  others' results (each records the command that made it), so the tables can be
-  built one experiment at a time. Nothing is kept from a missing or unreadable
-  file, or from a run of the other mode (quick vs full).
-  """
-  if not path.is_file():
-    return {}
-  try:
-    old = json.loads(path.read_text())
-    if bool(old['options']['quick']) != bool(opts.quick):
-      return {}
-    return {k: v for k, v in old['experiments'].items() if k in EXPERIMENTS}
-  except (json.JSONDecodeError, KeyError, TypeError):
-    return {}
-
-
-def _jsonable(v):
-  if isinstance(v, (np.integer, np.floating)):
-    return v.item()
-  if isinstance(v, np.ndarray):
-    return v.tolist()
-  if isinstance(v, Path):
-    return str(v)
-  raise TypeError(f'not JSON-serialisable: {type(v).__name__}')
-
-
-def summary_markdown(summary: dict) -> str:
-  """``summary.md``: one section per experiment linking its table and figure.
-
-  Each experiment names the command that produced it (experiments kept from an
-  earlier ``--only`` run keep theirs) and its image counts and seed.
-  """
-  o = summary['options']
-  lines = ['# SCALE-UP reproduction (CPU scale)', '',
-           f"Latest command: `{summary['command']}`" if summary['command'] else '', '',
-           f"{'Quick (test-sized) run. ' if o['quick'] else ''}Device {summary['device']}, "
-           f"jax {summary['jax_version']}; the latest command took {summary['wall_seconds']:.0f} s. "
-           'Numbers: [reproduce.json](reproduce.json).',
-           '', '| experiment | status | table | figure |', '|---|---|---|---|']
-  for name, r in summary['experiments'].items():
-    if r['status'] == 'ok':
-      lines.append(f"| {TITLES[name]} | ok ({r['seconds']:.0f} s) | [{r['md']}]({r['md']}) | "
-                   f"[{r['png']}]({r['png']}) |")
-    else:
-      lines.append(f"| {TITLES[name]} | skipped: {r['reason']} | – | – |")
-  for name, r in summary['experiments'].items():
-    if r['status'] != 'ok':
-      continue
-    lines += ['', f'## {TITLES[name]}', '']
-    if 'num_images' in r:
-      lines += [f"Made by `{r.get('command') or '(no command recorded)'}` with {r['num_images']} "
-                f"evaluation images per model, {r['num_defense_per_class']} defender images per "
-                f"class, seed {r['seed']}.", '']
-    lines += [f"Table: [{r['md']}]({r['md']})", '', f"![{name}]({r['png']})"]
-  return '\n'.join(lines).rstrip() + '\n'
+  return Outcome(result)
