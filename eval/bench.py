@@ -58,30 +58,20 @@ flags.DEFINE_integer('fig6_repeats', None, 'Measurements per detector in the fig
 FLAGS = flags.FLAGS
 
 
-def _ints(name, values):
-  try:
-    return [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f'--{name} must be integers; got {values}') from None
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import bench
   with cli.friendly_errors():
-    try:
-      scales = [float(s) for s in FLAGS.scales]
-    except ValueError:
-      raise ValueError(f'--scales must be numbers; got {FLAGS.scales}') from None
+    scales = cli.numbers('scales', FLAGS.scales)
     opts = bench.BenchOptions(
-        models=FLAGS.models, batch_sizes=_ints('batch_sizes', FLAGS.batch_sizes),
+        models=FLAGS.models, batch_sizes=cli.numbers('batch_sizes', FLAGS.batch_sizes, int),
         repeats=FLAGS.repeats, min_seconds=FLAGS.min_seconds, out=FLAGS.out, quick=FLAGS.quick,
         dtype=FLAGS.dtype, xla_compare=FLAGS.xla_compare, frameworks=FLAGS.frameworks,
         scales=scales, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
         torch_device=FLAGS.torch_device, seed=FLAGS.seed, progress=FLAGS.progress,
         chunk=FLAGS.chunk, torch_extras=FLAGS.torch_extras, extra_at=FLAGS.extra_at,
-        sections=FLAGS.sections, fig6_batches=_ints('fig6_batches', FLAGS.fig6_batches),
+        sections=FLAGS.sections, fig6_batches=cli.numbers('fig6_batches', FLAGS.fig6_batches, int),
         fig6_detectors=FLAGS.fig6_detectors, zoo_model=FLAGS.zoo_model, zoo=FLAGS.zoo,
         data_dir=FLAGS.data_dir, screen_images=FLAGS.screen_images,
         screen_calibration=FLAGS.screen_calibration, screen_alpha=FLAGS.screen_alpha,

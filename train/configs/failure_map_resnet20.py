@@ -19,6 +19,7 @@ The point ``pattern=random,target=0`` is the sweep model
 
 from train.configs import badnets_sweep_resnet20, default
 from scaleup_jax import poison
+from scaleup_jax.validation import InputError
 
 PATTERNS = poison.PATCH_PATTERNS + ('blend',)
 SIZE = 5
@@ -37,14 +38,14 @@ def get_config(arg: str = ''):
     elif key in ('pattern', 'target', 'rate', 'size', 'epochs') and value:
       options[key] = value
     else:
-      raise ValueError(f'unknown failure-map override {part!r}; expected pattern=P, target=K, '
+      raise InputError(f'unknown failure-map override {part!r}; expected pattern=P, target=K, '
                        f'rate=R, size=S, epochs=E or quick (got config argument {arg!r})')
   pattern = options.get('pattern', 'random')
   if pattern not in PATTERNS:
-    raise ValueError(f'unknown failure-map pattern {pattern!r}; expected one of {PATTERNS}')
+    raise InputError(f'unknown failure-map pattern {pattern!r}; expected one of {PATTERNS}')
   if pattern == 'blend':
     if 'size' in options:
-      raise ValueError('size= applies to patch patterns, not to pattern=blend')
+      raise InputError('size= applies to patch patterns, not to pattern=blend')
     config.attack = 'blended'
     config.attack_kwargs = {'alpha': BLEND_ALPHA}
   else:
@@ -52,7 +53,7 @@ def get_config(arg: str = ''):
     config.attack_kwargs.size = int(options.get('size', SIZE))
   config.target_label = int(options.get('target', 0))
   if not 0 <= config.target_label < 10:
-    raise ValueError(f'target={config.target_label} is not a CIFAR-10 class index (0..9)')
+    raise InputError(f'target={config.target_label} is not a CIFAR-10 class index (0..9)')
   config.poison_rate = float(options.get('rate', config.poison_rate))
   config.num_epochs = int(options.get('epochs', config.num_epochs))
   config.failure_map = {'pattern': pattern, 'target': config.target_label}
