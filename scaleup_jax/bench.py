@@ -95,8 +95,8 @@ DEFAULT_CHUNK = 32
 # Frequency's detector trains for this many steps in the fig6 section: its
 # inference cost does not depend on how well it was trained.
 FIG6_OPTIONS = {'frequency': {'steps': 20}}
-# Quick: every section on the tiny model (train: see below), bounded for the test suite (torch.compile's
-# first call alone takes tens of seconds; its path runs in the full benchmark).
+# Quick: every section on the tiny model (train: see below), bounded for the test suite
+# (torch.compile's first call alone takes tens of seconds; its path runs in the full benchmark).
 QUICK = dict(models=('tiny',), batch_sizes=(1, 8), repeats=2, min_seconds=0.05,
              torch_extras=('bf16',), extra_at=('tiny:8',), fig6_batches=(8,),
              fig6_detectors=('shrinkpad',),
@@ -117,7 +117,8 @@ class BenchOptions:
     repeats: measurements per method (every section).
     min_seconds: minimum duration of one measurement.
     out: output directory for ``bench.json``, ``bench.md``, ``bench.png``, ``fig6.png``.
-    quick: tiny model (ResNet-20 in train), small batches, short repeats, synthetic screen (overrides the above).
+    quick: tiny model (ResNet-20 in train), small batches, short repeats,
+      synthetic screen (overrides the above).
     dtype: ``'float32'`` or ``'bfloat16'`` (computation dtype of both models).
     xla_compare: also time JAX without the project's XLA flags (subprocess).
     frameworks: subset of ``('jax', 'torch')``.
