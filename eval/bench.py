@@ -35,7 +35,6 @@ flags.DEFINE_integer('image_size', 32, 'Side of the square RGB input.')
 flags.DEFINE_integer('num_classes', 10, 'Number of logits.')
 flags.DEFINE_enum('torch_device', 'auto', ['auto', 'cpu', 'cuda'], 'Device of the PyTorch side.')
 flags.DEFINE_integer('seed', 0, 'Seed of the random weights, images and detector keys.')
-flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_integer('chunk', 32, 'Sub-batch size of the jax_chunked detector.')
 flags.DEFINE_list('torch_extras', ['compile', 'bf16'], 'Optional PyTorch configurations (compile, bf16).')
 flags.DEFINE_list('extra_at', ['resnet20:256'], "Where torch_extras run: model:batch entries, or 'all'.")
@@ -45,7 +44,6 @@ flags.DEFINE_list('fig6_detectors', None, 'Detectors of the fig6 section (defaul
 flags.DEFINE_string('zoo_model', 'cifar10_badnets_resnet20',
                     "Model of the fig6 and screen sections: a zoo name or a run directory; '' for random weights.")
 flags.DEFINE_string('zoo', None, 'Zoo directory (default: $SCALEUP_JAX_ZOO, ./zoo, the installed copy).')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory holding CIFAR-10 (default: $TFDS_DATA_DIR).')
 flags.DEFINE_integer('screen_images', 1024, 'Benign and poisoned evaluation images of the screen section (each).')
 flags.DEFINE_integer('screen_calibration', 1000, 'Benign calibration images of the screen threshold.')
 flags.DEFINE_float('screen_alpha', 0.05, 'False-positive budget of the screen threshold (conformal).')
@@ -55,6 +53,7 @@ flags.DEFINE_integer('train_batch', 128, 'Batch size of the train section.')
 flags.DEFINE_string('repo', None, 'Directory whose git commit is recorded (default: the working directory).')
 flags.DEFINE_list('skip', [], 'model:batch:method entries of the throughput section not to run.')
 flags.DEFINE_integer('fig6_repeats', None, 'Measurements per detector in the fig6 section (default: --repeats).')
+cli.define_shared_flags('data_dir', 'progress')
 FLAGS = flags.FLAGS
 
 
@@ -63,21 +62,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import bench
   with cli.friendly_errors():
-    scales = cli.numbers('scales', FLAGS.scales)
-    opts = bench.BenchOptions(
-        models=FLAGS.models, batch_sizes=cli.numbers('batch_sizes', FLAGS.batch_sizes, int),
-        repeats=FLAGS.repeats, min_seconds=FLAGS.min_seconds, out=FLAGS.out, quick=FLAGS.quick,
-        dtype=FLAGS.dtype, xla_compare=FLAGS.xla_compare, frameworks=FLAGS.frameworks,
-        scales=scales, image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
-        torch_device=FLAGS.torch_device, seed=FLAGS.seed, progress=FLAGS.progress,
-        chunk=FLAGS.chunk, torch_extras=FLAGS.torch_extras, extra_at=FLAGS.extra_at,
-        sections=FLAGS.sections, fig6_batches=cli.numbers('fig6_batches', FLAGS.fig6_batches, int),
-        fig6_detectors=FLAGS.fig6_detectors, zoo_model=FLAGS.zoo_model, zoo=FLAGS.zoo,
-        data_dir=FLAGS.data_dir, screen_images=FLAGS.screen_images,
-        screen_calibration=FLAGS.screen_calibration, screen_alpha=FLAGS.screen_alpha,
-        screen_batch=FLAGS.screen_batch, train_models=FLAGS.train_models,
-        train_batch=FLAGS.train_batch, repo=FLAGS.repo, skip=FLAGS.skip,
-        fig6_repeats=FLAGS.fig6_repeats)
+    opts = cli.options_from_flags(
+        bench.BenchOptions, scales=cli.numbers('scales', FLAGS.scales),
+        batch_sizes=cli.numbers('batch_sizes', FLAGS.batch_sizes, int),
+        fig6_batches=cli.numbers('fig6_batches', FLAGS.fig6_batches, int))
     result = bench.run_bench(opts)
     print(bench.to_markdown(result))
     print(f'wrote bench.json, bench.md, bench.png, fig6.png to {opts.out}')

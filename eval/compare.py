@@ -34,12 +34,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import compare
   with cli.friendly_errors():
-    opts = compare.CompareOptions(
-        ckpts=tuple(FLAGS.ckpts), detectors=tuple(FLAGS.detectors), num_images=FLAGS.num_images,
-        num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed, data_dir=FLAGS.data_dir, out=FLAGS.out, progress=FLAGS.progress,
-        merge=FLAGS.merge, skip_done=FLAGS.skip_done,
-        command=cli.command_line('eval.compare'))
+    opts = cli.options_from_flags(compare.CompareOptions, command=cli.command_line('eval.compare'))
     summary = compare.compare(opts)
     print(compare.markdown_tables(summary))
     print(f"wrote {summary['out']}/compare.json, compare.md, auroc.png")

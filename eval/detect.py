@@ -69,20 +69,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import evaluate
   with cli.friendly_errors():
-    scales = cli.numbers('scales', FLAGS.scales)
-    opts = evaluate.DetectOptions(
-        detector=FLAGS.detector, detector_options=evaluate.parse_options(FLAGS.detector_options),
-        ckpt=FLAGS.ckpt, data_dir=FLAGS.data_dir, download=FLAGS.download, num_images=FLAGS.num_images,
-        num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
-        scales=scales, mode=FLAGS.mode, method=FLAGS.method,
-        keep_all_poisoned=FLAGS.keep_all_poisoned, noise_copies=FLAGS.noise_copies,
-        noise_kind=FLAGS.noise_kind, noise_magnitude=FLAGS.noise_magnitude,
-        protocol=FLAGS.protocol, jpeg_match=FLAGS.jpeg_match,
-        data_limited_form=FLAGS.data_limited_form, group_by=FLAGS.group_by,
-        alphas=cli.numbers('alphas', FLAGS.alphas), calibration_rule=FLAGS.calibration_rule,
-        dense_scales=cli.numbers('dense_scales', FLAGS.dense_scales),
-        save_detectors=FLAGS.save_detectors, seed=FLAGS.seed, out=FLAGS.out, plot=FLAGS.plot,
-        progress=FLAGS.progress)
+    opts = cli.options_from_flags(
+        evaluate.DetectOptions, detector_options=evaluate.parse_options(FLAGS.detector_options),
+        scales=cli.numbers('scales', FLAGS.scales), alphas=cli.numbers('alphas', FLAGS.alphas),
+        dense_scales=cli.numbers('dense_scales', FLAGS.dense_scales))
     print(evaluate.format_summary(evaluate.evaluate_detection(opts)))
 
 

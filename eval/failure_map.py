@@ -44,8 +44,7 @@ def main(argv=None) -> int:
   parser.add_argument('--num_defense_per_class', type=int, default=100,
                       help='defender images per class (default: %(default)s)')
   parser.add_argument('--seed', type=int, default=0, help='split and tie-coin seed')
-  parser.add_argument('--batch_size', type=int, default=256, help='images per compiled call')
-  parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+  cli.add_shared_arguments(parser, 'batch_size', 'progress')
   args = parser.parse_args(argv)
   from scaleup_jax.failure_map import experiment
   with cli.friendly_errors():
@@ -59,12 +58,10 @@ def main(argv=None) -> int:
     if not models:
       raise experiment.InputError('no finished model to evaluate'
                                   + (f" (unfinished: {', '.join(unfinished)})" if unfinished else ''))
-    config = experiment.FailureMapConfig(
-        num_images=args.num_images, num_defense_per_class=args.num_defense_per_class,
-        seed=args.seed, batch_size=args.batch_size)
+    config = cli.options_from_flags(experiment.FailureMapConfig, args)
     command = 'python -m eval.failure_map ' + shlex.join(argv if argv is not None else sys.argv[1:])
     results = experiment.run(models, args.out, config, merge=args.merge,
-                             progress=not args.no_progress, command=command.strip(), doc=args.doc)
+                             progress=args.progress, command=command.strip(), doc=args.doc)
   print(f"wrote {args.out}/failure_map.json, failure_map.md, heatmap.png and mechanism.png "
         f"({len(results['models'])} models, {results['runtime_s']:.0f} s)"
         + (f'; {args.doc}' if args.doc else ''))

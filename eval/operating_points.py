@@ -34,11 +34,10 @@ def main(argv=None) -> int:
                       help='defender (calibration) images per class (default: %(default)s)')
   parser.add_argument('--rule', default='conformal', help='calibration rule: conformal or plugin')
   parser.add_argument('--seed', type=int, default=0, help='split and tie-coin seed')
-  parser.add_argument('--batch_size', type=int, default=256, help='images per compiled call')
+  cli.add_shared_arguments(parser, 'batch_size', 'progress')
   parser.add_argument('--merge', action='store_true',
                       help='keep the models already in --out that this run does not evaluate')
   parser.add_argument('--quick', action='store_true', help='tiny setting for tests (one model, 100 images)')
-  parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
   args = parser.parse_args(argv)
   from scaleup_jax.operating_points import experiment
   with cli.friendly_errors():
@@ -46,12 +45,10 @@ def main(argv=None) -> int:
               else experiment.default_models(args.zoo))
     if args.quick:
       models, args.num_images, args.num_defense_per_class = models[:1], 100, 12
-    config = experiment.OperatingPointsConfig(
-        models=models, num_images=args.num_images, num_defense_per_class=args.num_defense_per_class,
-        rule=args.rule, seed=args.seed, batch_size=args.batch_size)
+    config = cli.options_from_flags(experiment.OperatingPointsConfig, args, models=models)
     command = 'python -m eval.operating_points ' + shlex.join(argv if argv is not None else sys.argv[1:])
     results = experiment.run_operating_points(args.out, config, zoo=args.zoo, merge=args.merge,
-                                              progress=not args.no_progress, command=command.strip())
+                                              progress=args.progress, command=command.strip())
   print(f"wrote {args.out}/operating_points.json, operating_points.md and tpr_vs_budget.png "
         f"({len(results['models'])} models, {results['runtime_s']:.0f} s)")
   return 0

@@ -47,18 +47,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from scaleup_jax import reproduce
   with cli.friendly_errors():
-    opts = reproduce.ReproduceOptions(
-        ckpt=FLAGS.ckpt, clean_ckpt=FLAGS.clean_ckpt, ckpts=tuple(FLAGS.ckpts),
-        only=tuple(FLAGS.only), quick=FLAGS.quick, num_images=FLAGS.num_images,
-        num_defense_per_class=FLAGS.num_defense_per_class, batch_size=FLAGS.batch_size,
-        detectors=tuple(FLAGS.detectors) if FLAGS.detectors is not None else None,
-        num_bootstrap=FLAGS.num_bootstrap, compare_dir=FLAGS.compare_dir,
+    opts = cli.options_from_flags(
+        reproduce.ReproduceOptions, command=cli.command_line('eval.reproduce'),
         defense_sizes=cli.numbers('defense_sizes', FLAGS.defense_sizes, int),
-        noise_stds=cli.numbers('noise_stds', FLAGS.noise_stds, float),
-        rate_ckpts=tuple(FLAGS.rate_ckpts), size_ckpts=tuple(FLAGS.size_ckpts),
-        adaptive_ckpt=FLAGS.adaptive_ckpt, seed=FLAGS.seed, data_dir=FLAGS.data_dir,
-        out=FLAGS.out, progress=FLAGS.progress,
-        command=cli.command_line('eval.reproduce'))
+        noise_stds=cli.numbers('noise_stds', FLAGS.noise_stds, float))
     summary = reproduce.reproduce(opts)
     for name, r in summary['experiments'].items():
       status = f"ok ({r['seconds']:.0f} s)" if r['status'] == 'ok' else f"skipped: {r['reason']}"

@@ -22,11 +22,11 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default='docs/results/theory', help='output directory (default: %(default)s)')
   parser.add_argument('--seed', type=int, default=0, help='PRNG seed for data, triggers and the MLP')
   parser.add_argument('--quick', action='store_true', help='tiny setting for tests (seconds)')
-  parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+  cli.add_shared_arguments(parser, 'progress')
   args = parser.parse_args(argv)
   from scaleup_jax.theory import experiment
   with cli.friendly_errors():
-    results = experiment.run_theory(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
+    results = experiment.run_theory(args.out, seed=args.seed, quick=args.quick, progress=args.progress)
   print(f"wrote {args.out}/theory.json and {len(results['figures'])} figures in {results['runtime_s']:.1f} s")
   return 0
 

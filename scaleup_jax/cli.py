@@ -99,3 +99,81 @@ def command_line(module: str, argv=None) -> str:
   """
   args = (sys.argv if argv is None else argv)[1:]
   return ' '.join(['python -m ' + module, *args])
+
+
+def options_from_flags(cls, flag_values=None, **values):
+  """An options dataclass filled from the flags of the same names; ``values`` win.
+
+  Serves the absl entry points (``flag_values`` a parsed ``FlagValues``) and the
+  argparse ones (an ``argparse.Namespace``) alike.
+
+  Each field of ``cls`` takes, in this order: the keyword given here (a value
+  the entry point converted, e.g. ``scales=numbers('scales', FLAGS.scales)``),
+  the parsed flag of the same name (a list flag as a tuple), or the field's
+  default. So an option is written twice: its flag and its field.
+
+  Args:
+    cls: a dataclass type, e.g. ``evaluate.DetectOptions``.
+    flag_values: parsed ``absl.flags.FlagValues`` (default ``flags.FLAGS``) or an
+      ``argparse.Namespace``.
+    **values: fields set explicitly; each must be a field of ``cls``.
+
+  Returns:
+    A ``cls`` instance.
+
+  Raises:
+    TypeError: a keyword that is not a field of ``cls`` (a bug of the entry point).
+
+  Example:
+    >>> opts = options_from_flags(evaluate.DetectOptions,                  # doctest: +SKIP
+    ...                           scales=numbers('scales', FLAGS.scales))
+  """
+  import argparse
+  import dataclasses
+  from absl import flags
+  fv = flags.FLAGS if flag_values is None else flag_values
+  if isinstance(fv, argparse.Namespace):
+    parsed = vars(fv)
+  else:
+    parsed = {name: fv[name].value for name in fv}
+  names = {f.name for f in dataclasses.fields(cls) if f.init}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise TypeError(f'{cls.__name__} has no field(s) {unknown}')
+  kwargs = {}
+  for name in names:
+    if name in values:
+      kwargs[name] = values[name]
+    elif name in parsed:
+      value = parsed[name]
+      kwargs[name] = tuple(value) if isinstance(value, list) else value
+  return cls(**kwargs)
+
+
+def add_shared_arguments(parser, *names: str) -> None:
+  """The :data:`SHARED_FLAGS` ``names`` as arguments of an argparse entry point.
+
+  The same names, defaults and help as :func:`define_shared_flags`; a boolean
+  flag takes ``--name`` / ``--no-name``.
+
+  Args:
+    parser: an ``argparse.ArgumentParser``.
+    *names: keys of :data:`SHARED_FLAGS`, in the order ``--help`` lists them.
+
+  Example:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_shared_arguments(parser, 'batch_size', 'progress')
+    >>> args = parser.parse_args(['--no-progress'])
+    >>> (args.batch_size, args.progress)
+    (256, False)
+  """
+  import argparse
+  for name in names:
+    kind, default, help_text = SHARED_FLAGS[name]
+    if kind == 'bool':
+      parser.add_argument(f'--{name}', action=argparse.BooleanOptionalAction, default=default,
+                          help=help_text)
+    else:
+      parser.add_argument(f'--{name}', type={'string': str, 'integer': int}[kind],
+                          default=default, help=help_text)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from scaleup_jax import detectors, evaluate
+from scaleup_jax import detectors, evaluate, integrity
 from scaleup_jax.validation import InputError
 
 ZOO = evaluate.ZOO
@@ -101,8 +101,8 @@ def compare(opts: CompareOptions) -> dict:
   }
   if old is not None:
     summary = _merge(old, summary)
-  (out / 'compare.json').write_text(json.dumps(summary, indent=2))
-  (out / 'compare.md').write_text(markdown_tables(summary))
+  integrity.atomic_write_json(out / 'compare.json', summary)
+  integrity.atomic_write_text(out / 'compare.md', markdown_tables(summary))
   plot_auroc(summary, out / 'auroc.png')
   summary['out'] = str(out)
   return summary

@@ -1,5 +1,6 @@
 """scaleup_jax.cli: user errors are one line with exit code 2; internal errors keep their traceback."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -90,13 +91,63 @@ def test_every_absl_entry_point_takes_the_shared_flags_it_used_to_define():
             'compare': {'data_dir', 'batch_size', 'progress'},
             'diagnose': {'data_dir', 'download', 'batch_size', 'progress'},
             'protocol': {'data_dir'}, 'reproduce': {'data_dir', 'progress'},
-            'serve': {'data_dir', 'download'}}
+            'serve': {'data_dir', 'download'}, 'bench': {'data_dir', 'progress'}}
   for name, shared in wanted.items():
     src = (ROOT / 'eval' / f'{name}.py').read_text()
     assert 'cli.define_shared_flags(' in src, name
     for flag in shared:
       assert f"DEFINE_string('{flag}'" not in src and f"DEFINE_bool('{flag}'" not in src, (name, flag)
       assert f"'{flag}'" in src.split('cli.define_shared_flags(')[1].split(')')[0], (name, flag)
+
+
+def test_every_argparse_entry_point_takes_the_shared_arguments():
+  wanted = {'failure_map': {'batch_size', 'progress'}, 'operating_points': {'batch_size', 'progress'},
+            'theory': {'progress'}}
+  for name, shared in wanted.items():
+    src = (ROOT / 'eval' / f'{name}.py').read_text()
+    for flag in shared:
+      assert f"add_argument('--{flag}'" not in src and "'--no-progress'" not in src, (name, flag)
+      assert f"'{flag}'" in src.split('cli.add_shared_arguments(')[1].split(')')[0], (name, flag)
+
+
+def test_shared_arguments_match_the_shared_flags():
+  import argparse
+  parser = argparse.ArgumentParser()
+  cli.add_shared_arguments(parser, 'data_dir', 'batch_size', 'progress')
+  args = parser.parse_args([])
+  assert (args.data_dir, args.batch_size, args.progress) == (None, 256, True)
+  args = parser.parse_args(['--batch_size', '8', '--no-progress', '--data_dir', '/d'])
+  assert (args.data_dir, args.batch_size, args.progress) == ('/d', 8, False)
+  with pytest.raises(SystemExit):
+    parser.parse_args(['--batch_size', 'eight'])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+  ckpt: str | None = None
+  scales: tuple = (3.0, 5.0)
+  names: tuple = ()
+  seed: int = 0
+
+
+@pytest.mark.parametrize('kind', ['absl', 'argparse'])
+def test_options_from_flags_takes_same_named_flags_and_explicit_values_win(kind):
+  if kind == 'absl':
+    from absl import flags
+    fv = flags.FlagValues()
+    flags.DEFINE_string('ckpt', None, '', flag_values=fv)
+    flags.DEFINE_list('names', [], '', flag_values=fv)
+    flags.DEFINE_list('scales', None, '', flag_values=fv)
+    flags.DEFINE_integer('other', 1, '', flag_values=fv)   # not a field: ignored
+    fv(['prog', '--ckpt', 'runs/a', '--names', 'x,y', '--scales', '3,9'])
+  else:
+    import argparse
+    fv = argparse.Namespace(ckpt='runs/a', names=['x', 'y'], scales=['3', '9'], other=1)
+  opts = cli.options_from_flags(_Options, fv, scales=cli.numbers('scales', ['3', '9']))
+  # a list flag arrives as a tuple; a field with no flag keeps its default (seed)
+  assert opts == _Options(ckpt='runs/a', scales=(3.0, 9.0), names=('x', 'y'), seed=0)
+  with pytest.raises(TypeError, match="no field"):
+    cli.options_from_flags(_Options, fv, scale=(1.0,))
 
 
 def test_command_line_records_the_module_and_its_arguments():

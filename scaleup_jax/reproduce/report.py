@@ -13,13 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from scaleup_jax import compare as compare_lib
+from scaleup_jax import integrity
 from scaleup_jax.reproduce.experiments import ALL_SCALES, DEFAULT_SCALES, FIG2_FACTORS, PAPER_ADAPTIVE_AUROC
 
 
@@ -37,7 +37,7 @@ def write_table(out: Path, name: str, title: str, command: str, lines: list[str]
   head = [f'# {title}', '']
   if command:
     head += [f'Command: `{command}`', '']
-  path.write_text('\n'.join(head + lines).rstrip() + '\n')
+  integrity.atomic_write_text(path, '\n'.join(head + lines).rstrip() + '\n')
   return path.name
 
 
@@ -276,6 +276,9 @@ def summary_markdown(summary: dict, titles: Mapping[str, str]) -> str:
 
 
 def write_summary(out: Path, summary: dict, titles: Mapping[str, str]) -> None:
-  """Writes ``out/reproduce.json`` (``summary``) and ``out/summary.md`` (:func:`summary_markdown`)."""
-  (Path(out) / 'reproduce.json').write_text(json.dumps(summary, indent=2, default=_jsonable))
-  (Path(out) / 'summary.md').write_text(summary_markdown(summary, titles))
+  """Writes ``out/reproduce.json`` (``summary``) and ``out/summary.md`` (:func:`summary_markdown`).
+
+  Each file is replaced atomically: a crash leaves the previous version whole.
+  """
+  integrity.atomic_write_json(Path(out) / 'reproduce.json', summary, default=_jsonable)
+  integrity.atomic_write_text(Path(out) / 'summary.md', summary_markdown(summary, titles))
