@@ -25,6 +25,17 @@ from matplotlib.figure import Figure
 from scaleup_jax.reproduce.experiments import DEFAULT_SCALES, FIG2_FACTORS
 
 
+def _line_axes(xlabel: str, ylabel: str, title: str | None = None) -> tuple[Figure, object]:
+  """One 5 x 3.6 in panel with its axis labels and (optional) title: the ablations' layout."""
+  fig = Figure(figsize=(5, 3.6))
+  ax = fig.subplots()
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  return fig, ax
+
+
 def save(fig: Figure, path: Path, command: str) -> str:
   """Saves ``fig`` as a PNG with the command that made it printed along the bottom.
 
@@ -133,16 +144,12 @@ def roc(record: dict, extras: dict) -> Figure:
 def ablation_scales(record: dict, extras: dict) -> Figure:
   """AUROC per mode against the scale set."""
   rows = record['rows']
-  fig = Figure(figsize=(5, 3.6))
-  ax = fig.subplots()
+  fig, ax = _line_axes('scale set S', 'AUROC', f'AUROC vs scale set, {Path(record["ckpt"]).name}')
   labels = ['{' + ','.join(f'{s:g}' for s in r['scales'][:5]) + (',..' if r['size'] > 5 else '')
             + '}' for r in rows]
   for mode in ('data-free', 'data-limited'):
     ax.plot(range(len(rows)), [r[mode] for r in rows], 'o-', label=mode)
   ax.set_xticks(range(len(rows)), labels, rotation=25, ha='right', fontsize=7)
-  ax.set_xlabel('scale set S')
-  ax.set_ylabel('AUROC')
-  ax.set_title(f'AUROC vs scale set, {Path(record["ckpt"]).name}', fontsize=9)
   ax.legend(fontsize=8)
   return fig
 
@@ -150,15 +157,13 @@ def ablation_scales(record: dict, extras: dict) -> Figure:
 def ablation_defense_size(record: dict, extras: dict) -> Figure:
   """Data-limited AUROC (mean ± std over draws) against defender images per class."""
   rows, data_free = record['rows'], record['data_free_auroc']
-  fig = Figure(figsize=(5, 3.6))
-  ax = fig.subplots()
+  fig, ax = _line_axes('benign images per class',
+                       f"AUROC (mean ± std, {len(extras['defense_seeds'])} draws)",
+                       f'Data-limited AUROC vs defender images, {Path(record["ckpt"]).name}')
   ax.errorbar([r['per_class'] for r in rows], [r['mean'] for r in rows],
               yerr=[r['std'] for r in rows], fmt='o-', capsize=3, label='data-limited')
   ax.axhline(data_free, color='tab:orange', ls='--', label=f'data-free ({data_free:.3f})')
   ax.set_xscale('log')
-  ax.set_xlabel('benign images per class')
-  ax.set_ylabel(f"AUROC (mean ± std, {len(extras['defense_seeds'])} draws)")
-  ax.set_title(f'Data-limited AUROC vs defender images, {Path(record["ckpt"]).name}', fontsize=9)
   ax.legend(fontsize=8)
   return fig
 
@@ -166,15 +171,12 @@ def ablation_defense_size(record: dict, extras: dict) -> Figure:
 def ablation_noise(record: dict, extras: dict) -> Figure:
   """AUROC against the noise std, with the scaling AUROCs as dashed lines."""
   rows, scaling = record['rows'], record['scaling']
-  fig = Figure(figsize=(5, 3.6))
-  ax = fig.subplots()
+  fig, ax = _line_axes('noise std (pixels in [0, 1])', 'AUROC',
+                       f'Noise vs amplification, {Path(record["ckpt"]).name}')
   for mode, color in (('data-free', 'tab:blue'), ('data-limited', 'tab:orange')):
     ax.plot([r['std'] for r in rows], [r[mode] for r in rows], 'o-', color=color,
             label=f'noise, {mode}')
     ax.axhline(scaling[mode], color=color, ls='--', lw=1, label=f'scaling, {mode}')
-  ax.set_xlabel('noise std (pixels in [0, 1])')
-  ax.set_ylabel('AUROC')
-  ax.set_title(f'Noise vs amplification, {Path(record["ckpt"]).name}', fontsize=9)
   ax.legend(fontsize=7)
   return fig
 
@@ -183,8 +185,7 @@ def sweep(record: dict, extras: dict) -> Figure:
   """AUROC per mode against the swept quantity; one curve per training schedule."""
   rows, x_name = record['rows'], extras['x_name']
   modes, schedules, all_poisoned = extras['modes'], extras['schedules'], extras['all_poisoned']
-  fig = Figure(figsize=(5, 3.6))
-  ax = fig.subplots()
+  fig, ax = _line_axes(x_name.replace('_', ' '), 'AUROC')
   for k, epochs in enumerate(schedules):
     group = [r for r in rows if r['epochs'] == epochs]
     for i, mode in enumerate(modes):
@@ -197,8 +198,6 @@ def sweep(record: dict, extras: dict) -> Figure:
               + ('-' if i < 2 else '--'),
               color=('tab:blue', 'tab:orange')[i % 2], alpha=1.0 if k == 0 else 0.6,
               label=label)
-  ax.set_xlabel(x_name.replace('_', ' '))
-  ax.set_ylabel('AUROC')
   if x_name == 'poison_rate':
     ax.set_xscale('log')
   ax.legend(fontsize=7 if len(schedules) == 1 else 6)
@@ -207,15 +206,12 @@ def sweep(record: dict, extras: dict) -> Figure:
 
 def adaptive(record: dict, extras: dict) -> Figure:
   """ASR under noise, and what noise alone sends to the target, per model."""
-  fig = Figure(figsize=(5, 3.6))
-  ax = fig.subplots()
+  fig, ax = _line_axes('Gaussian noise std', 'fraction predicted as the target')
   for (role, r), color in zip(record['models'].items(), ('tab:red', 'tab:blue')):
     ax.plot(record['noise_stds'], r['asr'], 'o-', color=color,
             label=f"{role} ({Path(r['ckpt']).name}): ASR")
     ax.plot(record['noise_stds'], r['benign_to_target'], 'x--', color=color, alpha=0.7,
             label=f'{role}: benign, no trigger, sent to target')
-  ax.set_xlabel('Gaussian noise std')
-  ax.set_ylabel('fraction predicted as the target')
   ax.set_ylim(-0.02, 1.02)
   ax.legend(fontsize=7)
   return fig
