@@ -109,8 +109,9 @@ def options_from_flags(cls, flag_values=None, **values):
 
   Each field of ``cls`` takes, in this order: the keyword given here (a value
   the entry point converted, e.g. ``scales=numbers('scales', FLAGS.scales)``),
-  the parsed flag of the same name (a list flag as a tuple), or the field's
-  default. So an option is written twice: its flag and its field.
+  the parsed flag of the same name that the calling module defined (a list
+  flag as a tuple), or the field's default. So an option is written twice: its
+  flag and its field.
 
   Args:
     cls: a dataclass type, e.g. ``evaluate.DetectOptions``.
@@ -135,7 +136,11 @@ def options_from_flags(cls, flag_values=None, **values):
   if isinstance(fv, argparse.Namespace):
     parsed = vars(fv)
   else:
-    parsed = {name: fv[name].value for name in fv}
+    # Only the caller's own flags (those it defined, the shared ones included): absl's FLAGS
+    # also holds every other imported entry point's, and a same-named one of another module
+    # (eval.detect's --noise_copies default 0 for reproduce's None) must not leak in.
+    caller = sys.modules[sys._getframe(1).f_globals['__name__']]
+    parsed = {f.name: f.value for f in fv.get_key_flags_for_module(caller)}
   names = {f.name for f in dataclasses.fields(cls) if f.init}
   unknown = sorted(set(values) - names)
   if unknown:

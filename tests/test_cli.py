@@ -139,12 +139,14 @@ def test_options_from_flags_takes_same_named_flags_and_explicit_values_win(kind)
     flags.DEFINE_list('names', [], '', flag_values=fv)
     flags.DEFINE_list('scales', None, '', flag_values=fv)
     flags.DEFINE_integer('other', 1, '', flag_values=fv)   # not a field: ignored
+    flags.DEFINE_integer('seed', 7, '', flag_values=fv, module_name='eval.another_entry_point')
     fv(['prog', '--ckpt', 'runs/a', '--names', 'x,y', '--scales', '3,9'])
   else:
     import argparse
     fv = argparse.Namespace(ckpt='runs/a', names=['x', 'y'], scales=['3', '9'], other=1)
   opts = cli.options_from_flags(_Options, fv, scales=cli.numbers('scales', ['3', '9']))
-  # a list flag arrives as a tuple; a field with no flag keeps its default (seed)
+  # a list flag arrives as a tuple; a field with no flag of this module keeps its default (seed:
+  # another module's --seed does not leak in)
   assert opts == _Options(ckpt='runs/a', scales=(3.0, 9.0), names=('x', 'y'), seed=0)
   with pytest.raises(TypeError, match="no field"):
     cli.options_from_flags(_Options, fv, scale=(1.0,))
