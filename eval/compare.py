@@ -25,7 +25,7 @@ flags.DEFINE_integer('seed', 0, 'Seed of the split and of the detectors.')
 flags.DEFINE_string('out', 'runs/compare', 'Output directory.')
 flags.DEFINE_bool('merge', False, "Keep other models' rows of an existing --out/compare.json (same settings).")
 flags.DEFINE_bool('skip_done', False, "With --merge: don't re-run models already in --out/compare.json.")
-cli.define_shared_flags('batch_size', 'data_dir', 'progress')
+cli.define_shared_flags('batch_size', 'data_dir', 'progress', 'protocol', 'jpeg_match')
 FLAGS = flags.FLAGS
 
 

@@ -24,7 +24,7 @@ from absl import app, flags, logging  # noqa: E402
 from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of a trained model (default: zoo BadNets ResNet-20).')
-cli.define_shared_flags('data_dir', 'download', 'batch_size', 'progress')
+cli.define_shared_flags('data_dir', 'download', 'batch_size', 'progress', 'protocol', 'jpeg_match')
 flags.DEFINE_integer('num_images', 0, 'Evaluation images taken from the test set (0 = all not held by the defender).')
 flags.DEFINE_integer('num_defense_per_class', 100, 'Benign defender images per class: the data-limited '
                      'statistics and the calibration of every threshold (disjoint from the evaluation images).')
@@ -40,11 +40,6 @@ flags.DEFINE_integer('noise_copies', 0, 'Add this many noisy copies of every ben
 flags.DEFINE_enum('noise_kind', 'uniform', ['uniform', 'gaussian'],
                   "That noise: 'uniform' adds m*U[0,1) (the official code's), 'gaussian' m*N(0,1).")
 flags.DEFINE_float('noise_magnitude', 0.02, 'm of that noise (pixels in [0, 1]).')
-flags.DEFINE_string('protocol', None, "'paper': the paper's evaluation sets (Sec. 5.1): one uniform "
-                    'noisy copy (0.02 U[0,1), the official code\'s) of every benign and successfully attacked image, '
-                    '100 defender images per class.')
-flags.DEFINE_bool('jpeg_match', False, 'Re-encode the poisoned test images as JPEG (quality 75, '
-                  '4:2:0), like the offline CIFAR-10 copy.')
 flags.DEFINE_string('data_limited_form', 'standardised', 'Data-limited score: standardised, '
                     'literal, balanced, centred or scaled (scaleup.data_limited_scores).')
 flags.DEFINE_enum('group_by', 'predicted', ['predicted', 'true'],

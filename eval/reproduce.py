@@ -38,7 +38,7 @@ flags.DEFINE_list('size_ckpts', [], 'trigger_size: attacked models trained with 
 flags.DEFINE_string('adaptive_ckpt', None, 'adaptive: a model trained with the adaptive attack.')
 flags.DEFINE_integer('seed', 0, 'Seed of the split, bootstrap, draws and noise.')
 flags.DEFINE_string('out', 'docs/results/reproduce', 'Output directory.')
-cli.define_shared_flags('data_dir', 'progress')
+cli.define_shared_flags('data_dir', 'progress', 'protocol', 'jpeg_match')
 FLAGS = flags.FLAGS
 
 

@@ -59,6 +59,11 @@ SHARED_FLAGS = {
                  '$SCALEUP_JAX_NO_DOWNLOAD=1); --nodownload forbids it.'),
     'batch_size': ('integer', 256, 'Images per compiled call.'),
     'progress': ('bool', True, 'Show progress bars.'),
+    'protocol': ('string', None, "'paper': the paper's evaluation sets (Sec. 5.1): one uniform "
+                 "noisy copy (0.02 U[0,1), the official code's) of every benign and successfully "
+                 'attacked image, 100 defender images per class.'),
+    'jpeg_match': ('bool', False, 'Re-encode the poisoned test images as JPEG (quality 75, '
+                   '4:2:0), like the offline CIFAR-10 copy.'),
 }
 
 

@@ -43,6 +43,8 @@ class CompareOptions:
   num_defense_per_class: int = 100
   batch_size: int = 256
   seed: int = 0
+  protocol: str | None = None  # 'paper': the paper's evaluation sets (evaluate.PROTOCOLS)
+  jpeg_match: bool = False  # poisoned test images JPEG re-encoded like the dataset's
   data_dir: str | None = None
   out: str = 'runs/compare'
   progress: bool = True
@@ -69,7 +71,8 @@ def compare(opts: CompareOptions) -> dict:
   out = Path(opts.out)
   out.mkdir(parents=True, exist_ok=True)
   settings = {'detectors': list(names), 'num_images': opts.num_images,
-              'num_defense_per_class': opts.num_defense_per_class, 'seed': opts.seed}
+              'num_defense_per_class': opts.num_defense_per_class, 'seed': opts.seed,
+              'protocol': opts.protocol, 'jpeg_match': opts.jpeg_match}
   old = _stored_summary(out / 'compare.json', settings) if opts.merge else None
   if opts.skip_done and old is not None:
     ckpts = [c for c in ckpts if not _row_done(old, out, c.name, names)]
@@ -79,7 +82,8 @@ def compare(opts: CompareOptions) -> dict:
     base = evaluate.DetectOptions(
         ckpt=str(ckpt), data_dir=opts.data_dir, num_images=opts.num_images,
         num_defense_per_class=opts.num_defense_per_class, batch_size=opts.batch_size,
-        seed=opts.seed, plot=False, progress=False)
+        seed=opts.seed, protocol=opts.protocol, jpeg_match=opts.jpeg_match, plot=False,
+        progress=False)
     ev = evaluate.prepare_eval_set(base)
     per_model = {}
     load_start = _load_average()
@@ -114,6 +118,19 @@ def image_count(num_images: int) -> str:
           'every test image outside the defender set is an evaluation image (before poisoning)')
 
 
+def protocol_words(summary: dict) -> str:
+  """The evaluation sets of a summary's settings, as a clause for captions."""
+  words = ('positives are the poisoned images the attack fooled')
+  if summary.get('protocol') == 'paper':
+    p = evaluate.PROTOCOLS['paper']
+    words = (f"the paper's evaluation sets (Sec. 5.1): the negatives and the successfully "
+             f"attacked positives each with {p['noise_copies']} noisy copy "
+             f"({p['noise_magnitude']}·U[0,1)), copies that no longer reach the target dropped")
+  if summary.get('jpeg_match'):
+    words += '; poisoned images JPEG re-encoded at the dataset\'s quality (75) before scoring'
+  return words
+
+
 def _load_average() -> float | None:
   """The 1-minute load average (None where the OS has none)."""
   return round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
@@ -132,10 +149,15 @@ def _stored_summary(path: Path, settings: dict) -> dict | None:
     old = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise InputError(f'cannot merge into {str(path)!r}: not valid JSON ({e})') from None
-  diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+  # Summaries written before protocol / jpeg_match existed used their defaults.
+  stored = {k: old.get(k, _SETTING_DEFAULTS.get(k)) for k in settings}
+  diff = {k: (stored[k], v) for k, v in settings.items() if stored[k] != v}
   if diff:
     raise InputError(f'cannot merge into {str(path)!r}: settings differ (stored, new): {diff}')
   return old
+
+
+_SETTING_DEFAULTS = {'protocol': None, 'jpeg_match': False}
 
 
 def _row_done(old: dict, out: Path, model: str, names) -> bool:
@@ -183,7 +205,7 @@ def markdown_tables(summary: dict) -> str:
            ('Rows merged from: ' + ', '.join(f'`{c}`' for c in cmds)) if cmds else '', '',
            f"{image_count(summary['num_images']).capitalize()}, "
            f"{summary['num_defense_per_class']} defender images per class, seed {summary['seed']}; "
-           f"positives are the poisoned images the attack fooled; device: {summary['device']}; "
+           f"{protocol_words(summary)}; device: {summary['device']}; "
            f"wall time {summary['wall_seconds']:.0f} s.", '',
            '**AUROC** (higher is better; 0.5 is chance, below 0.5 is inverted)', '',
            '| model | attack | BA | ASR | ' + ' | '.join(titles) + ' |',

@@ -167,3 +167,29 @@ def test_compare_table(quick_run, tmp_path):
   assert (tmp_path / 'cmp' / quick_run.name / 'strip.scores.npz').is_file()
   assert again['row_commands'] == {quick_run.name: 'test3', 'other_run': 'test2'}
   assert again['results']['other_run'] == merged['results']['other_run']
+
+
+@requires_cifar
+def test_compare_paper_protocol(quick_run, tmp_path):
+  from scaleup_jax import compare
+  opts = compare.CompareOptions(ckpts=(str(quick_run),), detectors=('scaleup',), num_images=40,
+                                num_defense_per_class=100, batch_size=64, protocol='paper',
+                                out=str(tmp_path / 'cmp'), progress=False, command='test')
+  summary = compare.compare(opts)
+  res = summary['results'][quick_run.name]['scaleup']
+  # The paper's negatives: every evaluation image and one noisy copy of it.
+  assert res['num_benign'] == 2 * 40
+  assert summary['protocol'] == 'paper' and summary['jpeg_match'] is False
+  md = (tmp_path / 'cmp' / 'compare.md').read_text()
+  assert "the paper's evaluation sets (Sec. 5.1)" in md and '1 noisy copy (0.02·U[0,1))' in md
+  # Rows of another protocol are not comparable: merging refuses them, naming the setting.
+  with pytest.raises(InputError, match="settings differ.*'protocol': \\('paper', None\\)"):
+    compare.compare(dataclasses.replace(opts, protocol=None, merge=True))
+  # A summary written before the protocol settings existed merges as the default protocol.
+  path = tmp_path / 'cmp' / 'compare.json'
+  old = json.loads(path.read_text())
+  old.pop('protocol'), old.pop('jpeg_match')
+  path.write_text(json.dumps(old))
+  with pytest.raises(InputError, match='settings differ'):
+    compare.compare(dataclasses.replace(opts, merge=True))
+  assert compare.compare(dataclasses.replace(opts, protocol=None, merge=True))['protocol'] is None

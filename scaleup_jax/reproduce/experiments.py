@@ -118,6 +118,8 @@ class ReproduceOptions:
   batch_size: int | None = None
   detectors: tuple | None = None  # table1's detectors
   compare_dir: str | None = None  # table1's eval.compare directory (reused rows); None: <out>/table1
+  protocol: str | None = None  # table1: 'paper' for the paper's evaluation sets (evaluate.PROTOCOLS)
+  jpeg_match: bool = False  # table1: poisoned test images JPEG re-encoded like the dataset's
   num_bootstrap: int | None = None
   defense_sizes: tuple | None = None  # ablation_defense_size: benign images per class
   defense_seeds: tuple | None = None
@@ -453,8 +455,9 @@ def table1(ctx: Context) -> Outcome:
   summary = compare_lib.compare(compare_lib.CompareOptions(
       ckpts=tuple(str(c) for c in ctx.attacked), detectors=tuple(o.detectors),
       num_images=o.num_images, num_defense_per_class=o.num_defense_per_class,
-      batch_size=o.batch_size, seed=o.seed, data_dir=o.data_dir, out=str(out),
-      progress=o.progress, command=o.command, merge=True, skip_done=True))
+      batch_size=o.batch_size, seed=o.seed, protocol=o.protocol, jpeg_match=o.jpeg_match,
+      data_dir=o.data_dir, out=str(out), progress=o.progress, command=o.command, merge=True,
+      skip_done=True))
   rows, titles, mat = compare_lib.auroc_matrix(summary)
   cols = compare_lib.columns(summary['detectors'])
   intervals: dict = {}
@@ -479,7 +482,8 @@ def table1(ctx: Context) -> Outcome:
             'num_bootstrap': o.num_bootstrap, 'attacks': attacks,
             'ba': {m: first['ba'] for m, first in firsts.items()},
             'asr': {m: first['asr'] for m, first in firsts.items()},
-            'compare_md': _rel(out / 'compare.md', ctx.out)}
+            'compare_md': _rel(out / 'compare.md', ctx.out),
+            'protocol_words': compare_lib.protocol_words(summary)}
   return Outcome(record, extras)
 
 

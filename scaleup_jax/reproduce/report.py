@@ -48,7 +48,8 @@ def table1(record: dict, extras: dict) -> list[str]:
   attacks = extras['attacks']
   lines = [f"{compare_lib.image_count(extras['num_images']).capitalize()}, "
            f"{extras['num_defense_per_class']} defender images per class, seed {extras['seed']}; "
-           f'positives are the poisoned images the attack fooled. Cells: AUROC '
+           f"{extras.get('protocol_words', 'positives are the poisoned images the attack fooled')}. "
+           'Cells: AUROC '
            f"[{extras['num_bootstrap']}-resample percentile-bootstrap 95% interval; benign and "
            f'positive scores resampled independently].', '',
            '| model | attack | BA | ASR | ' + ' | '.join(titles) + ' |',
