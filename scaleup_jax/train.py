@@ -203,7 +203,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise InputError(f'num_epochs must be at least 1, got {config.num_epochs}')
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  t_start = time.time()
   root = jax.random.key(config.seed)
   k_data, k_init, k_train = jax.random.split(root, 3)
 

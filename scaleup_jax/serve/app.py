@@ -569,32 +569,35 @@ def create_app(firewall: Firewall, config: ServeConfig | None = None,
     return JSONResponse({'flags': fw.store.list(limit, before), 'total': fw.store.count(),
                          'detector': fw.detector_summary()}, headers={'Cache-Control': 'no-store'})
 
+  def flag_record(request: Request, record_id: int, blobs: bool = False):
+    """``(record, None)`` for a reviewer, or ``(None, the refusal or 404 response)``."""
+    if (refused := guard(request)) is not None:
+      return None, refused
+    rec = fw.store.get(record_id, blobs=blobs)
+    if rec is None:
+      return None, error(404, f'no flagged record {record_id}')
+    return rec, None
+
   @app.get('/review/api/flags/{record_id}')
   async def api_flag(request: Request, record_id: int):
-    if (refused := guard(request)) is not None:
+    rec, refused = flag_record(request, record_id)
+    if refused is not None:
       return refused
-    rec = fw.store.get(record_id)
-    if rec is None:
-      return error(404, f'no flagged record {record_id}')
     return JSONResponse(rec, headers={'Cache-Control': 'no-store'})
 
   @app.get('/review/flags/{record_id}/thumbnail.png')
   async def thumbnail(request: Request, record_id: int):
-    if (refused := guard(request)) is not None:
+    rec, refused = flag_record(request, record_id, blobs=True)
+    if refused is not None:
       return refused
-    rec = fw.store.get(record_id, blobs=True)
-    if rec is None:
-      return error(404, f'no flagged record {record_id}')
     return Response(rec['thumbnail'], media_type='image/png',
                     headers={'Cache-Control': 'private, max-age=3600'})
 
   @app.get('/review/flags/{record_id}/image')
   async def image(request: Request, record_id: int):
-    if (refused := guard(request)) is not None:
+    rec, refused = flag_record(request, record_id, blobs=True)
+    if refused is not None:
       return refused
-    rec = fw.store.get(record_id, blobs=True)
-    if rec is None:
-      return error(404, f'no flagged record {record_id}')
     if rec['image'] is None:
       return error(404, f'record {record_id} has no image: the operator does not keep images '
                         '(--nostore_images); its SHA-256 and thumbnail are kept')

@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import http.client
 import io
-import json
 import os
 import platform
 import queue

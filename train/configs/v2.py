@@ -22,7 +22,6 @@ import zlib
 
 import jax
 
-from train.configs import default
 from scaleup_jax import poison
 from scaleup_jax.validation import InputError
 
