@@ -496,7 +496,7 @@ def _jax_cases(model, variables, x, scales, chunk) -> list[Case]:
   """Compiled JAX plain inference and the detector methods on device batch ``x``."""
   apply_fn = functools.partial(model.apply, train=False)
   fns = {
-      'jax_infer': (jax.jit(lambda v, im: jnp.argmax(apply_fn(v, im), axis=-1)), 'infer', 1),
+      'jax_infer': (jax.jit(functools.partial(scaleup.predict_labels, apply_fn)), 'infer', 1),
       'jax_vmap': (make_detector(apply_fn, scales, 'vmap'), 'detect', 1 + len(scales)),
       'jax_map': (make_detector(apply_fn, scales, 'map'), 'detect', 1 + len(scales)),
       'jax_chunked': (make_chunked_detector(apply_fn, scales, chunk), 'detect', 1 + len(scales)),
@@ -847,7 +847,7 @@ def fig6_section(opts: BenchOptions, setup: dict, screen_info: dict | None, bar)
   for batch in opts.fig6_batches:
     x = jax.device_put(pool[:batch])
     cases = []
-    infer, c_s = _aot(jax.jit(lambda v, im: jnp.argmax(apply_fn(v, im), axis=-1)), variables, x)
+    infer, c_s = _aot(jax.jit(functools.partial(scaleup.predict_labels, apply_fn)), variables, x)
     cases.append(Case('inference', 'jax', 'infer', 1, functools.partial(infer, variables, x),
                       jax.block_until_ready, compile_s=c_s))
     chunked, c_s = _aot(make_chunked_detector(apply_fn, opts.scales, opts.chunk), variables, x)

@@ -312,7 +312,7 @@ class SequentialScreen:
       self.trace_counts[int(idx.shape[0])] += 1  # runs at trace time only
       x = jnp.take(images, idx, axis=0)
       x = jnp.clip(factors.astype(x.dtype)[:, None, None, None] * x, 0.0, 1.0)
-      return jnp.argmax(apply_fn(variables, x), axis=-1).astype(jnp.int32)
+      return scaleup.predict_labels(apply_fn, variables, x)
 
     self._query = jax.jit(query)
 

@@ -189,7 +189,7 @@ class Engine:
         fn = scaleup.make_label_matrix_fn(model.apply_fn, self.scales, method)
       else:
         method = 'none'
-        predict = lambda v, x: jnp.argmax(model.apply_fn(v, x), axis=-1).astype(jnp.int32)[:, None]
+        predict = lambda v, x: scaleup.predict_labels(model.apply_fn, v, x)[:, None]
         fn = jax.jit(predict)
       self.methods[b] = method
       self._exe[b] = fn.lower(model.variables, spec).compile()
