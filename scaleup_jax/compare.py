@@ -90,26 +90,59 @@ def compare(opts: CompareOptions) -> dict:
     bar = tqdm(names, desc=ckpt.name, disable=not opts.progress, dynamic_ncols=True)
     for name in bar:
       bar.set_postfix(detector=name)
-      o = dataclasses.replace(base, detector=name, out=str(out / ckpt.name / f'{name}.json'))
-      r = evaluate.evaluate_detection(o, ev)
+      path = out / ckpt.name / f'{name}.json'
+      r = _reusable_result(path, ev, base) if opts.skip_done else None
+      if r is not None:  # scored by an earlier, stopped run: its load is not known
+        r['throughput']['load_average_1min'] = [None, None]
+      else:
+        r = evaluate.evaluate_detection(dataclasses.replace(base, detector=name, out=str(path)), ev)
+        r['throughput']['load_average_1min'] = [load_start, _load_average()]
       per_model[name] = {k: r[k] for k in ('detection', 'throughput', 'ba', 'asr', 'num_benign',
                                            'num_positives', 'detector_config', 'attack')}
     for r in per_model.values():  # other work on the machine slows every detector of the row
-      r['throughput']['load_average_1min'] = [load_start, _load_average()]
+      r['throughput'].setdefault('load_average_1min', [load_start, _load_average()])
     results[ckpt.name] = per_model
-  summary = {
-      'command': opts.command, 'models': [str(c) for c in ckpts], **settings,
-      'device': jax.devices()[0].device_kind,
-      'wall_seconds': round(time.time() - t_start, 1), 'results': results,
-      'row_commands': {c.name: opts.command for c in ckpts},
-  }
-  if old is not None:
-    summary = _merge(old, summary)
-  integrity.atomic_write_json(out / 'compare.json', summary)
+    # Written after every model, so a run stopped later keeps the rows it finished
+    # (``merge`` + ``skip_done`` resumes it).
+    summary = {
+        'command': opts.command, 'models': [str(c) for c in ckpts if c.name in results],
+        **settings, 'device': jax.devices()[0].device_kind,
+        'wall_seconds': round(time.time() - t_start, 1), 'results': dict(results),
+        'row_commands': {c.name: opts.command for c in ckpts if c.name in results},
+    }
+    if old is not None:
+      summary = _merge(old, summary)
+    integrity.atomic_write_json(out / 'compare.json', summary)
+  if not results:
+    summary = old if old is not None else {'command': opts.command, 'models': [], **settings,
+                                            'device': jax.devices()[0].device_kind,
+                                            'wall_seconds': 0.0, 'results': {}, 'row_commands': {}}
   integrity.atomic_write_text(out / 'compare.md', markdown_tables(summary))
   plot_auroc(summary, out / 'auroc.png')
   summary['out'] = str(out)
   return summary
+
+
+def _reusable_result(path: Path, ev: evaluate.EvalSet, base: evaluate.DetectOptions) -> dict | None:
+  """A detector's stored result of an interrupted run, if it scored the images of ``ev``.
+
+  Reused (with ``skip_done``) when ``path`` and its checksummed score file exist
+  and record the same model, seed, evaluation-set settings and image counts;
+  anything else (absent, damaged, other settings) is recomputed.
+  """
+  try:
+    r = json.loads(path.read_text())
+    integrity.load_npz_checked(path.with_suffix('.scores.npz'), 'scores')
+  except (OSError, ValueError, integrity.IntegrityError):
+    return None
+  want = {'ckpt': str(ev.run.path), 'seed': base.seed, 'protocol': ev.protocol,
+          'jpeg_match': base.jpeg_match, 'num_benign': len(ev.benign_images),
+          'num_poisoned_total': len(ev.poisoned_images)}
+  if any(r.get(k) != v for k, v in want.items()):
+    return None
+  if 'num_defense' in r and r['num_defense'] != len(ev.defense_idx):
+    return None
+  return r
 
 
 def image_count(num_images: int) -> str:

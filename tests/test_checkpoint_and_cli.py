@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -159,11 +160,16 @@ def test_compare_table(quick_run, tmp_path):
     compare.compare(dataclasses.replace(opts, ckpts=(str(other),), merge=True, num_images=20))
   # skip_done re-runs only models without a complete row (score files on disk).
   stamp = (tmp_path / 'cmp' / 'other_run' / 'strip.json').stat().st_mtime_ns
+  kept = (tmp_path / 'cmp' / quick_run.name / 'scaleup.json').stat().st_mtime_ns
   (tmp_path / 'cmp' / quick_run.name / 'strip.scores.npz').unlink()
   again = compare.compare(dataclasses.replace(opts, ckpts=(str(quick_run), str(other)), merge=True,
                                               skip_done=True, command='test3'))
   assert (tmp_path / 'cmp' / 'other_run' / 'strip.json').stat().st_mtime_ns == stamp
   assert (tmp_path / 'cmp' / quick_run.name / 'strip.scores.npz').is_file()
+  # Within the incomplete row, only the detector whose scores were lost ran again.
+  assert (tmp_path / 'cmp' / quick_run.name / 'scaleup.json').stat().st_mtime_ns == kept
+  assert (again['results'][quick_run.name]['scaleup']['detection']
+          == merged['results'][quick_run.name]['scaleup']['detection'])
   assert again['row_commands'] == {quick_run.name: 'test3', 'other_run': 'test2'}
   assert again['results']['other_run'] == merged['results']['other_run']
 
@@ -192,3 +198,26 @@ def test_compare_paper_protocol(quick_run, tmp_path):
   with pytest.raises(InputError, match='settings differ'):
     compare.compare(dataclasses.replace(opts, merge=True))
   assert compare.compare(dataclasses.replace(opts, protocol=None, merge=True))['protocol'] is None
+
+
+@requires_cifar
+def test_compare_keeps_finished_rows_when_stopped(quick_run, tmp_path, monkeypatch):
+  from scaleup_jax import compare, evaluate
+  other = tmp_path / 'other_run'
+  shutil.copytree(quick_run, other)
+  real = evaluate.evaluate_detection
+
+  def stop_on_second_model(o, ev=None):
+    if Path(o.ckpt).name == 'other_run':
+      raise KeyboardInterrupt  # the session ends during the second model
+    return real(o, ev)
+
+  monkeypatch.setattr(evaluate, 'evaluate_detection', stop_on_second_model)
+  opts = compare.CompareOptions(ckpts=(str(quick_run), str(other)), detectors=('scaleup',),
+                                num_images=40, num_defense_per_class=2, batch_size=16,
+                                out=str(tmp_path / 'cmp'), progress=False, command='test')
+  with pytest.raises(KeyboardInterrupt):
+    compare.compare(opts)
+  stored = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())
+  assert list(stored['results']) == [quick_run.name]
+  assert stored['models'] == [str(quick_run)]
