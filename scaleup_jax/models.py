@@ -12,6 +12,9 @@ Presets:
 * :data:`ResNet20` -- He et al.'s 3-stage CIFAR ResNet (0.27M parameters),
   the project's CPU-scale workhorse.
 * :data:`TinyResNet` -- a few thousand parameters, for tests.
+* :data:`VGG19BN` -- VGG-19 with batch norm, the paper's second architecture
+  (App. M, Table 6); :data:`VGG11BNSmall` -- the VGG-11 layout at a quarter
+  of the width, sized like ResNet-20 for CPU training.
 """
 
 from __future__ import annotations
@@ -101,20 +104,68 @@ class ResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
+class VGG(nn.Module):
+  """VGG with batch norm (Simonyan & Zisserman 2015) for 32x32 inputs.
+
+  Each entry of ``layers`` is a 3x3 convolution of that many filters followed
+  by batch norm and ReLU, or ``'M'`` for 2x2 max-pooling; then global average
+  pooling (1x1 after five poolings of a 32x32 image) and one dense layer, as in
+  the CIFAR VGGs of BackdoorBox.
+
+  Attributes:
+    layers: the convolution widths and ``'M'`` pools, in order.
+    num_classes: number of output logits.
+    mean, std: per-channel normalisation applied to the ``[0, 1]`` input.
+    dtype: computation dtype.
+  """
+
+  layers: Sequence[Any]
+  num_classes: int = 10
+  mean: Sequence[float] = CIFAR10_MEAN
+  std: Sequence[float] = CIFAR10_STD
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Maps pixels ``(B, H, W, C)`` in ``[0, 1]`` to logits ``(B, num_classes)``."""
+    mean = jnp.asarray(self.mean, jnp.float32)
+    std = jnp.asarray(self.std, jnp.float32)
+    x = ((x - mean) / std).astype(self.dtype)
+    for layer in self.layers:
+      if layer == 'M':
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        continue
+      x = nn.Conv(int(layer), (3, 3), use_bias=False, dtype=self.dtype)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       dtype=self.dtype)(x)
+      x = nn.relu(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    return x.astype(jnp.float32)
+
+
+_VGG11 = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
+_VGG19 = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
+          512, 512, 512, 512, 'M')
+
 ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), num_filters=64)
 ResNet34 = partial(ResNet, stage_sizes=(3, 4, 6, 3), num_filters=64)
 ResNet20 = partial(ResNet, stage_sizes=(3, 3, 3), num_filters=16)
 TinyResNet = partial(ResNet, stage_sizes=(1, 1), num_filters=4)
+VGG19BN = partial(VGG, layers=_VGG19)
+VGG11BNSmall = partial(VGG, layers=tuple(w if w == 'M' else w // 4 for w in _VGG11))
 
 MODELS = {
     'resnet18': ResNet18,
     'resnet34': ResNet34,
     'resnet20': ResNet20,
     'tiny': TinyResNet,
+    'vgg19_bn': VGG19BN,
+    'vgg11_bn_small': VGG11BNSmall,
 }
 
 
-def get_model(name: str, num_classes: int = 10, **kwargs) -> ResNet:
+def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
   """Returns the preset ``name`` (one of :data:`MODELS`) for ``num_classes``."""
   if name not in MODELS:
     raise InputError(

@@ -19,6 +19,8 @@ def n_params(model):
     ('resnet18', 11.1e6, 11.2e6),   # CIFAR ResNet-18: 11.17M
     ('resnet34', 21.2e6, 21.4e6),   # 21.28M
     ('tiny', 1e3, 1e4),
+    ('vgg19_bn', 20.0e6, 20.1e6),   # CIFAR VGG-19-BN (BackdoorBox): 20.04M
+    ('vgg11_bn_small', 0.57e6, 0.59e6),
 ])
 def test_parameter_counts(name, low, high):
   assert low <= n_params(models.get_model(name)) <= high
@@ -43,3 +45,16 @@ def test_normalisation_is_inside_the_model():
 def test_unknown_model():
   with pytest.raises(InputError, match="unknown model 'resnet50'"):
     models.get_model('resnet50')
+
+
+def test_vgg_batch_norm_trains_and_evaluates():
+  model = models.get_model('vgg11_bn_small', num_classes=7)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+  logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert logits.shape == (4, 7)
+  # Training mode moves the running statistics; evaluation reads them and changes nothing.
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(updates['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  assert model.apply(variables, x).shape == (4, 7)
