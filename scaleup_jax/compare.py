@@ -96,7 +96,6 @@ def compare(opts: CompareOptions) -> dict:
         r['throughput']['load_average_1min'] = [None, None]
       else:
         r = evaluate.evaluate_detection(dataclasses.replace(base, detector=name, out=str(path)), ev)
-        r['throughput']['load_average_1min'] = [load_start, _load_average()]
       per_model[name] = {k: r[k] for k in ('detection', 'throughput', 'ba', 'asr', 'num_benign',
                                            'num_positives', 'detector_config', 'attack')}
     for r in per_model.values():  # other work on the machine slows every detector of the row
@@ -113,10 +112,8 @@ def compare(opts: CompareOptions) -> dict:
     if old is not None:
       summary = _merge(old, summary)
     integrity.atomic_write_json(out / 'compare.json', summary)
-  if not results:
-    summary = old if old is not None else {'command': opts.command, 'models': [], **settings,
-                                            'device': jax.devices()[0].device_kind,
-                                            'wall_seconds': 0.0, 'results': {}, 'row_commands': {}}
+  if not results:  # every model was done already (merge + skip_done)
+    summary = old
   integrity.atomic_write_text(out / 'compare.md', markdown_tables(summary))
   plot_auroc(summary, out / 'auroc.png')
   summary['out'] = str(out)

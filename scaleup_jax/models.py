@@ -34,6 +34,17 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 ModuleDef = Any
 
 
+def normalise(x, mean, std, dtype):
+  """``(x - mean) / std`` per channel, in ``dtype``: the models' input layer (pixels in [0, 1])."""
+  return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
+
+
+def batch_norm(train: bool, dtype) -> ModuleDef:
+  """The models' batch norm: batch statistics when training, running averages otherwise."""
+  return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                 dtype=dtype)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with a residual connection (He et al. 2016)."""
 
@@ -82,16 +93,8 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     """Maps pixels ``(B, H, W, C)`` in ``[0, 1]`` to logits ``(B, num_classes)``."""
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = partial(
-        nn.BatchNorm,
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=self.dtype,
-    )
-    mean = jnp.asarray(self.mean, jnp.float32)
-    std = jnp.asarray(self.std, jnp.float32)
-    x = ((x - mean) / std).astype(self.dtype)
+    norm = batch_norm(train, self.dtype)
+    x = normalise(x, self.mean, self.std, self.dtype)
     x = conv(self.num_filters, (3, 3), name='stem_conv')(x)
     x = norm(name='stem_bn')(x)
     x = nn.relu(x)
@@ -128,16 +131,14 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     """Maps pixels ``(B, H, W, C)`` in ``[0, 1]`` to logits ``(B, num_classes)``."""
-    mean = jnp.asarray(self.mean, jnp.float32)
-    std = jnp.asarray(self.std, jnp.float32)
-    x = ((x - mean) / std).astype(self.dtype)
+    norm = batch_norm(train, self.dtype)
+    x = normalise(x, self.mean, self.std, self.dtype)
     for layer in self.layers:
       if layer == 'M':
         x = nn.max_pool(x, (2, 2), (2, 2))
         continue
       x = nn.Conv(int(layer), (3, 3), use_bias=False, dtype=self.dtype)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       dtype=self.dtype)(x)
+      x = norm()(x)
       x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
