@@ -131,11 +131,16 @@ def train_step(state: TrainState, batch, adaptive: attacks.AdaptiveLoss | None =
   return state, metrics
 
 
-def make_batch_prep(batch_transform=None):
-  """``prep(key, images, flags) -> images``: crop/flip, then the attack's batch transform."""
+def make_batch_prep(batch_transform=None, augmentation: bool = True):
+  """``prep(key, images, flags) -> images``: crop/flip, then the attack's batch transform.
+
+  ``augmentation=False`` skips crop/flip: the paper's regime for every attack
+  but PhysicalBA (Sec. 5.1, App. C).
+  """
 
   def prep(key, images, flags):
-    images = augment(key, images)
+    if augmentation:
+      images = augment(key, images)
     if batch_transform is not None:
       images = batch_transform(jax.random.fold_in(key, 1), images, flags)
     return images
@@ -228,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt_lib.save_run_files(workdir, config, trigger, poison_idx, resuming=resuming)
 
   jit_step = jax.jit(functools.partial(train_step, adaptive=poisoning.adaptive), donate_argnums=0)
-  jit_prep = jax.jit(make_batch_prep(poisoning.batch_transform))
+  jit_prep = jax.jit(make_batch_prep(poisoning.batch_transform,
+                                     augmentation=bool(config.get('augment', True))))
   apply_eval = functools.partial(model.apply, train=False)
   quick_test = test.take(np.arange(min(len(test), config.eval_subset)))
 

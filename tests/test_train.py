@@ -29,6 +29,18 @@ def test_augment_is_crop_of_padded_image_or_its_flip():
   np.testing.assert_array_equal(y, train.augment(jax.random.key(1), x, pad=2))
 
 
+@pytest.mark.parametrize('augmentation', [True, False])
+def test_batch_prep_augments_only_when_asked(augmentation):
+  x = jax.random.uniform(jax.random.key(0), (8, 8, 8, 3))
+  flags = jnp.zeros((8,), bool)
+  y = train.make_batch_prep(augmentation=augmentation)(jax.random.key(1), x, flags)
+  if augmentation:
+    np.testing.assert_array_equal(y, train.augment(jax.random.key(1), x))
+    assert not np.array_equal(y, x)
+  else:
+    np.testing.assert_array_equal(y, x)
+
+
 def test_train_step_is_pure_and_learns():
   model = models.TinyResNet(num_classes=3)
   config = clean_resnet20.get_config('quick')

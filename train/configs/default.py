@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.nesterov = True
   config.weight_decay = 5e-4
+  config.augment = True  # random crop + flip; the paper trains without (Sec. 5.1).
 
   # Poisoning. attack='none' trains a clean model.
   config.attack = 'none'
