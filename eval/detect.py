@@ -25,6 +25,7 @@ from scaleup_jax import cli  # noqa: E402
 
 flags.DEFINE_string('ckpt', None, 'Run directory of a trained model (default: zoo BadNets ResNet-20).')
 cli.define_shared_flags('data_dir', 'download', 'batch_size', 'progress', 'protocol', 'jpeg_match')
+flags.DEFINE_integer('backdoor', 0, 'Which backdoor of a model with several (paper App. H): 0 the main one, i >= 1 its extra backdoor i (extra_backdoors.npz).')
 flags.DEFINE_integer('num_images', 0, 'Evaluation images taken from the test set (0 = all not held by the defender).')
 flags.DEFINE_integer('num_defense_per_class', 100, 'Benign defender images per class: the data-limited '
                      'statistics and the calibration of every threshold (disjoint from the evaluation images).')

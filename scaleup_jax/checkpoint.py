@@ -40,9 +40,12 @@ import orbax.checkpoint as ocp
 from scaleup_jax import integrity
 from scaleup_jax import models
 from scaleup_jax.integrity import IntegrityError
-from scaleup_jax.poison import TriggerLike, load_trigger, save_trigger
+from scaleup_jax.poison import (ExtraBackdoors, TriggerLike, load_extra_backdoors, load_trigger,
+                               save_extra_backdoors, save_trigger)
 
-RUN_FILES = ('config.json', 'trigger.npz', 'metrics.json')
+
+EXTRA_BACKDOORS = 'extra_backdoors.npz'  # a run's backdoors beside the main one (App. H)
+RUN_FILES = ('config.json', 'trigger.npz', EXTRA_BACKDOORS, 'metrics.json')
 
 
 class CheckpointError(ValueError):
@@ -104,8 +107,29 @@ def _check_poisoning(workdir: Path, trigger, target, poison_indices) -> None:
         'a new --workdir, or restore the settings the run was started with.')
 
 
+def _same_extra(f: Path, extra: ExtraBackdoors) -> bool:
+  """Whether ``f`` holds ``extra`` (False if it is absent or unreadable)."""
+  try:
+    return f.is_file() and integrity.npz_digest(
+        integrity.load_npz_checked(f, 'extra_backdoors', allow_unchecked=False)
+    ) == integrity.npz_digest(extra.arrays())
+  except IntegrityError:
+    return False
+
+
+def _check_extra(workdir: Path, extra: ExtraBackdoors | None) -> None:
+  """Refuses to resume a run whose regenerated extra backdoors differ from its saved ones."""
+  f = workdir / EXTRA_BACKDOORS
+  if (f.is_file() or extra is not None) and not (extra is not None and _same_extra(f, extra)):
+    raise IntegrityError(
+        f'{str(f)!r} (extra backdoors: triggers, targets, poisoned indices) differs from the '
+        'poisoning this config regenerates, or only one of them exists; the checkpoints beside '
+        'it were trained on the saved one. Use a new --workdir, or restore the settings the run '
+        'was started with.')
+
+
 def save_run_files(workdir: Path, config, trigger: TriggerLike | None, poison_indices,
-                   resuming: bool = False) -> None:
+                   resuming: bool = False, extra: ExtraBackdoors | None = None) -> None:
   """Writes ``config.json`` and (for attacks) ``trigger.npz`` and records them in the manifest.
 
   Files whose content has not changed are not rewritten. Writes are atomic.
@@ -116,7 +140,9 @@ def save_run_files(workdir: Path, config, trigger: TriggerLike | None, poison_in
     trigger: the test-time trigger, None for a clean run.
     poison_indices: indices of the poisoned training images.
     resuming: the run has checkpoints; its saved trigger must then equal
-      ``trigger`` (same target, poisoned indices and arrays).
+      ``trigger`` (same target, poisoned indices and arrays), and so must its
+      saved extra backdoors.
+    extra: the run's extra backdoors, written to :data:`EXTRA_BACKDOORS`.
 
   Raises:
     IntegrityError: when ``resuming`` and the saved poisoning differs.
@@ -124,6 +150,7 @@ def save_run_files(workdir: Path, config, trigger: TriggerLike | None, poison_in
   workdir = Path(workdir)
   if resuming:
     _check_poisoning(workdir, trigger, config.target_label, poison_indices)
+    _check_extra(workdir, extra)
   text = config.to_json_best_effort(indent=2)
   cfg_file = workdir / 'config.json'
   if not cfg_file.is_file() or cfg_file.read_text() != text:
@@ -144,6 +171,10 @@ def save_run_files(workdir: Path, config, trigger: TriggerLike | None, poison_in
     if not same:
       save_trigger(f, trigger, config.target_label, poison_indices)
     names.append('trigger.npz')
+  if extra is not None:
+    if not _same_extra(workdir / EXTRA_BACKDOORS, extra):
+      save_extra_backdoors(workdir / EXTRA_BACKDOORS, extra)
+    names.append(EXTRA_BACKDOORS)
   manifest = integrity.read_manifest(workdir) or {'version': integrity.MANIFEST_VERSION,
                                                   'files': {}}
   for rel in names:
@@ -321,6 +352,7 @@ class LoadedRun:
   target: int | None
   metrics: dict | None
   path: Path
+  extra_backdoors: ExtraBackdoors | None = None  # backdoors beside the main one (App. H)
 
   def apply_fn(self, variables, images):
     """Logits ``(B, K)`` of images ``(B, H, W, C)`` in [0, 1] (inference mode)."""
@@ -379,6 +411,18 @@ def load_run(path, num_classes: int | None = None) -> LoadedRun:
     except Exception as e:  # zip/npz errors come in many types.
       raise CheckpointError(f'corrupt trigger file {str(trig_file)!r}: {e}') from None
 
+  extra = None
+  if (path / EXTRA_BACKDOORS).is_file():
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', integrity.UncheckedFileWarning)
+        extra = load_extra_backdoors(path / EXTRA_BACKDOORS)
+    except IntegrityError:
+      raise
+    except Exception as e:  # zip/npz errors come in many types.
+      raise CheckpointError(f'corrupt extra-backdoor file {str(path / EXTRA_BACKDOORS)!r}: '
+                            f'{e}') from None
+
   metrics = None
   if (path / 'metrics.json').is_file():
     try:
@@ -416,7 +460,36 @@ def load_run(path, num_classes: int | None = None) -> LoadedRun:
   restored = {'model': jax.tree.map(jax.numpy.asarray, stored)}
   variables = {'params': restored['model']['params'],
                'batch_stats': restored['model']['batch_stats']}
-  return LoadedRun(model, variables, config, trigger, target, metrics, path)
+  return LoadedRun(model, variables, config, trigger, target, metrics, path, extra)
+
+
+def num_backdoors(run: LoadedRun) -> int:
+  """How many backdoors ``run`` carries: the main one plus its extra ones (0 for clean)."""
+  if run.trigger is None:
+    return 0
+  return 1 + (len(run.extra_backdoors) if run.extra_backdoors is not None else 0)
+
+
+def select_backdoor(run: LoadedRun, index: int) -> LoadedRun:
+  """``run`` seen through backdoor ``index``: 0 is the main one (``trigger.npz``),
+  ``i >= 1`` the extra backdoor ``i - 1`` (:data:`EXTRA_BACKDOORS`).
+
+  The returned run's ``trigger`` and ``target`` are that backdoor's, so every
+  evaluation tool measures it unchanged.
+
+  Raises:
+    InputError: if ``index`` is not one of the run's backdoors.
+  """
+  from scaleup_jax.validation import InputError
+  n = num_backdoors(run)
+  if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+    raise InputError(f'backdoor {index!r} does not exist: {str(run.path)!r} has {n} '
+                     f'backdoor(s), numbered 0 (main) to {n - 1}')
+  if index == 0:
+    return run
+  extra = run.extra_backdoors
+  return dataclasses.replace(run, trigger=extra.triggers[index - 1],
+                             target=int(extra.targets[index - 1]))
 
 
 def _verify_run_files(path: Path, step: int) -> dict | None:
@@ -433,7 +506,7 @@ def _verify_run_files(path: Path, step: int) -> dict | None:
                        '`python -m scaleup_jax.integrity seal DIR`')
     return None
   files = manifest['files']
-  for rel in ('config.json', 'trigger.npz'):
+  for rel in ('config.json', 'trigger.npz', EXTRA_BACKDOORS):
     if (path / rel).is_file() and rel not in files:
       raise IntegrityError(f'{str(path / rel)!r} is not listed in '
                            f'{str(path / integrity.MANIFEST)!r} (from another run?)')

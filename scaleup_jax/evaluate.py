@@ -62,6 +62,7 @@ class DetectOptions:
   noise_magnitude: float = 0.02  # m: the uniform noise's range or the Gaussian's std
   protocol: str | None = None  # 'paper': the evaluation sets of the paper (PROTOCOLS)
   jpeg_match: bool = False  # re-encode poisoned test images like the dataset's (scaleup_jax.jpeg)
+  backdoor: int = 0  # 0: the main backdoor; i >= 1: extra backdoor i (checkpoint.select_backdoor)
   data_limited_form: str = 'standardised'  # scaleup.DATA_LIMITED_FORMS
   group_by: str = 'predicted'  # defender statistics by 'predicted' or 'true' class
   # Operating points (scaleup_jax.calibration): thresholds calibrated on the defender's
@@ -398,6 +399,7 @@ def prepare_eval_set(opts: DetectOptions) -> EvalSet:
   run = ckpt_lib.load_run(ckpt)
   if run.trigger is None:
     raise InputError(f'{str(ckpt)!r} is a clean model (no trigger.npz): there is no poisoned test set to detect')
+  run = ckpt_lib.select_backdoor(run, opts.backdoor)
   cfg = run.config
   test = data_lib.load_split(cfg.dataset, 'test', opts.data_dir or cfg.get('data_dir'),
                             download=opts.download)
@@ -528,7 +530,7 @@ def evaluate_detection(opts: DetectOptions, eval_set: EvalSet | None = None) -> 
 
   result = {
       'ckpt': str(ckpt), 'attack': cfg.attack, 'model': cfg.model, 'detector': name,
-      'detector_config': det.config, 'target_label': run.target,
+      'detector_config': det.config, 'target_label': run.target, 'backdoor': opts.backdoor,
       'scales': det.config.get('scales'), 'method': det.config.get('method'), 'seed': opts.seed,
       'ba': ba, 'asr': asr, 'num_benign': int(len(ev.benign_images)),
       'num_poisoned_total': int(len(ev.poisoned_images)),

@@ -109,6 +109,70 @@ class MultiTrigger:
     return cls(tuple(triggers))
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtraBackdoors:
+  """Backdoors beside a run's main one: ``triggers[i]`` sends images to ``targets[i]``.
+
+  Several infected labels (paper App. H) and the small extra poisonings of
+  other labels in the paper's data-limited models (App. C, "Training details").
+  The main backdoor stays in ``trigger.npz`` so every tool keeps seeing it; the
+  extra ones are saved beside it (:func:`save_extra_backdoors`) and are
+  selected for evaluation with :func:`scaleup_jax.checkpoint.select_backdoor`.
+
+  Attributes:
+    triggers: one trigger per extra backdoor.
+    targets: its target label, one per trigger, distinct.
+    poison_indices: the training images it poisoned, one sorted ``int64``
+      array per trigger.
+  """
+
+  triggers: tuple
+  targets: tuple
+  poison_indices: tuple
+
+  def __post_init__(self):
+    if not len(self.triggers) == len(self.targets) == len(self.poison_indices):
+      raise InputError(f'ExtraBackdoors: {len(self.triggers)} triggers, {len(self.targets)} '
+                       f'targets and {len(self.poison_indices)} index arrays; they must match')
+
+  def __len__(self) -> int:
+    return len(self.triggers)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    out = MultiTrigger(tuple(self.triggers)).arrays()
+    out['targets'] = np.asarray(self.targets, np.int64)
+    out.update({f'poison_indices_{i}': np.asarray(idx, np.int64)
+                for i, idx in enumerate(self.poison_indices)})
+    return out
+
+  @classmethod
+  def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> 'ExtraBackdoors':
+    triggers = MultiTrigger.from_arrays(
+        {k: v for k, v in arrays.items() if k[0].isdigit() or k == 'num_triggers'}).triggers
+    targets = tuple(int(t) for t in np.asarray(arrays['targets']))
+    return cls(triggers, targets,
+               tuple(np.asarray(arrays[f'poison_indices_{i}']) for i in range(len(triggers))))
+
+
+EXTRA_BACKDOORS_KIND = 'extra_backdoors'
+
+
+def save_extra_backdoors(path, extra: ExtraBackdoors) -> None:
+  """Writes ``extra`` to ``path`` (.npz) atomically, with its checksum."""
+  from scaleup_jax import integrity
+  integrity.save_npz_checked(path, EXTRA_BACKDOORS_KIND, **extra.arrays())
+
+
+def load_extra_backdoors(path) -> ExtraBackdoors:
+  """Reads a file written by :func:`save_extra_backdoors`.
+
+  Raises:
+    IntegrityError: naming the file, if it is missing, unreadable or altered.
+  """
+  from scaleup_jax import integrity
+  return ExtraBackdoors.from_arrays(integrity.load_npz_checked(path, EXTRA_BACKDOORS_KIND))
+
+
 # kind -> 'module:Class'; classes outside this module are imported on first use.
 TRIGGER_KINDS = {
     'mask': 'scaleup_jax.poison:Trigger',

@@ -230,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elapsed = extra.get('train_seconds', 0.0)
     print(f'Resuming from epoch {start_epoch} in {workdir}', flush=True)
   # Written after the checkpoint was verified, so a refused resume changes nothing.
-  ckpt_lib.save_run_files(workdir, config, trigger, poison_idx, resuming=resuming)
+  ckpt_lib.save_run_files(workdir, config, trigger, poison_idx, resuming=resuming,
+                          extra=poisoning.extra)
 
   jit_step = jax.jit(functools.partial(train_step, adaptive=poisoning.adaptive), donate_argnums=0)
   jit_prep = jax.jit(make_batch_prep(poisoning.batch_transform,
@@ -276,6 +277,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   final = backdoor_metrics(apply_eval, variables, test, trigger, config.target_label,
                            progress=config.progress)
+  if poisoning.extra is not None:
+    final['extra_backdoors'] = [
+        {'target': t, 'asr': backdoor_metrics(apply_eval, variables, test, trig, t)['asr']}
+        for trig, t in zip(poisoning.extra.triggers, poisoning.extra.targets)]
   metrics = {
       **final,
       'model': config.model,

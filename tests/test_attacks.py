@@ -96,6 +96,46 @@ def test_several_triggers_one_target():
                              out.trigger.apply(ds.images[out.poison_indices]))
 
 
+@pytest.mark.parametrize('targets,rate', [((3,), 0.05), ((1, 2, 4, 5, 6, 7, 8, 9), 0.02)])
+def test_extra_backdoors_poison_disjoint_images_into_their_labels(targets, rate):
+  config = quick_config('badnets')
+  config.target_label = 0
+  config.poison_rate = 0.1
+  config.attack_kwargs.extra_targets = targets
+  config.attack_kwargs.extra_rate = rate
+  ds = toy_train(n=1000)
+  out = attacks.build_poisoning(jax.random.key(0), ds, config)
+  extra = out.extra
+  assert extra.targets == targets and len(extra) == len(targets)
+  every = [out.poison_indices, *extra.poison_indices]
+  assert [len(i) for i in every] == [100] + [round(rate * 1000)] * len(targets)
+  flat = np.concatenate(every)
+  assert len(np.unique(flat)) == len(flat)  # no image carries two triggers
+  assert (out.flags[flat] == attacks.POISONED).all()
+  assert (out.flags == attacks.POISONED).sum() == len(flat)
+  main_corner = np.argwhere(out.trigger.mask[..., 0] > 0)[0]
+  for trig, target, idx in zip(extra.triggers, extra.targets, extra.poison_indices):
+    assert (ds.labels[idx] != target).all() and (out.train.labels[idx] == target).all()
+    np.testing.assert_allclose(out.train.images[idx], trig.apply(ds.images[idx]))
+    assert not np.array_equal(trig.pattern, out.trigger.pattern)
+  # The first extra patch sits at the next corner after the main one.
+  assert not np.array_equal(np.argwhere(extra.triggers[0].mask[..., 0] > 0)[0], main_corner)
+  # Same key, same poisoning.
+  again = attacks.build_poisoning(jax.random.key(0), ds, config)
+  for a, b in zip(again.extra.poison_indices, extra.poison_indices):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('targets,match', [((0,), 'main target'), ((3, 3), 'distinct'),
+                                           ((12,), 'distinct classes')])
+def test_extra_backdoors_refuse_bad_targets(targets, match):
+  config = quick_config('badnets')
+  config.target_label = 0
+  config.attack_kwargs.extra_targets = targets
+  with pytest.raises(InputError, match=match):
+    attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+
+
 def test_wanet_cross_samples():
   config = quick_config('wanet')
   ds = toy_train()

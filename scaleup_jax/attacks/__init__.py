@@ -77,6 +77,8 @@ class Poisoning:
       (WaNet's noise samples, which keep their labels).
     poison_indices: sorted indices of the poisoned examples.
     trigger: the test-time trigger (``apply(images)``), None for clean runs.
+    extra: backdoors into other labels beside the main one
+      (:class:`poison.ExtraBackdoors`), or None.
     batch_transform: ``(key, images (B,H,W,C), flags (B,)) -> images``,
       jittable, applied after crop/flip at every step; None if unused.
     adaptive: the extra loss of the adaptive attack, or None.
@@ -88,6 +90,7 @@ class Poisoning:
   flags: np.ndarray
   poison_indices: np.ndarray
   trigger: Any
+  extra: poison.ExtraBackdoors | None = None
   batch_transform: Callable | None = None
   adaptive: AdaptiveLoss | None = None
   info: dict = dataclasses.field(default_factory=dict)
@@ -224,10 +227,45 @@ def _cached_trigger(workdir, kind: str, settings: dict):
 # ------------------------------------------------------------------ builders
 
 
+def _add_extra_backdoors(key, out: Poisoning, targets, rate: float, make_trigger) -> None:
+  """Adds one backdoor per label of ``targets`` to ``out`` in place (paper App. H, App. C).
+
+  Backdoor ``i`` stamps ``make_trigger(key_i, i)`` on ``round(rate * N)``
+  images drawn from those not poisoned yet and not of class ``targets[i]``,
+  and relabels them ``targets[i]``.
+  """
+  num_classes = out.train.num_classes
+  bad = [t for t in targets if not (isinstance(t, (int, np.integer)) and 0 <= t < num_classes)]
+  if bad or len(set(targets)) != len(targets):
+    raise InputError(f'extra_targets must be distinct classes in [0, {num_classes}); got '
+                     f'{tuple(targets)}')
+  images, labels = out.train.images, out.train.labels
+  triggers, indices = [], []
+  for i, (k, target) in enumerate(zip(jax.random.split(key, len(targets)), targets)):
+    k_trigger, k_poison = jax.random.split(k)
+    trigger = make_trigger(k_trigger, i)
+    # Images poisoned already count as target-class images: never candidates again.
+    free = np.where(out.flags == CLEAN, out.true_labels, target)
+    idx = poison.select_poison_indices(k_poison, free, rate, target)
+    images[idx] = trigger.apply(images[idx])
+    labels[idx] = target
+    out.flags[idx] = POISONED
+    triggers.append(trigger)
+    indices.append(idx)
+  out.extra = poison.ExtraBackdoors(tuple(triggers), tuple(int(t) for t in targets),
+                                    tuple(indices))
+  out.info['extra_backdoors'] = {'targets': [int(t) for t in targets], 'rate': float(rate),
+                                 'num_poisoned': [int(len(i)) for i in indices]}
+
+
 def _badnets(key, train, config, kw, workdir):
+  """BadNets; ``extra_targets`` (with ``extra_rate``, default the poisoning rate) adds one
+  random patch per listed label, at the corners in turn after the main one's."""
   del workdir
   k_trigger, k_poison = jax.random.split(key)
   num_triggers = kw.pop('num_triggers', 1)
+  extra_targets = tuple(kw.pop('extra_targets', ()) or ())
+  extra_rate = kw.pop('extra_rate', None)
   shape = train.images.shape[1:]
   if num_triggers == 1:
     trigger = poison.badnets_trigger(k_trigger, shape, **kw)
@@ -239,7 +277,19 @@ def _badnets(key, train, config, kw, workdir):
     trigger = poison.MultiTrigger(tuple(
         poison.badnets_trigger(keys[i], shape, corner=corners[i % len(corners)], **kw)
         for i in range(num_triggers)))
-  return _dirty_label(k_poison, train, config, trigger)
+  out = _dirty_label(k_poison, train, config, trigger)
+  if extra_targets:
+    if config.target_label in extra_targets:
+      raise InputError(f'extra_targets {extra_targets} include the main target '
+                       f'{config.target_label}')
+    first = poison.CORNERS.index(kw.pop('corner', 'bottom_right'))
+    corners = [poison.CORNERS[(first + 1 + i) % len(poison.CORNERS)]
+               for i in range(len(extra_targets))]
+    _add_extra_backdoors(
+        jax.random.fold_in(key, 6), out, extra_targets,
+        config.poison_rate if extra_rate is None else float(extra_rate),
+        lambda k, i: poison.badnets_trigger(k, shape, corner=corners[i], **kw))
+  return out
 
 
 def _blended(key, train, config, kw, workdir):
