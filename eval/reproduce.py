@@ -6,8 +6,8 @@
   python -m eval.reproduce --only adaptive --adaptive_ckpt zoo/cifar10_adaptive_resnet20
 
 Experiments: table1, fig2, fig3, roc, ablation_scales, ablation_defense_size,
-ablation_noise, poison_rate (--rate_ckpts), trigger_size (--size_ckpts), adaptive
-(--adaptive_ckpt); those whose models are missing are reported as skipped.
+ablation_noise, poison_rate (--rate_ckpts), trigger_size (--size_ckpts), multi_label
+(--multi_label_ckpts), adaptive (--adaptive_ckpt); those whose models are missing are reported as skipped.
 Writes reproduce.json, summary.md and one .md table and .png figure per
 experiment under --out.
 """
@@ -35,6 +35,7 @@ flags.DEFINE_list('defense_sizes', None, 'ablation_defense_size: benign images p
 flags.DEFINE_list('noise_stds', None, 'ablation_noise: Gaussian noise stds (default 0.01,0.03,0.05,0.1,0.2,0.3).')
 flags.DEFINE_list('rate_ckpts', [], 'poison_rate: attacked models trained at several poisoning rates.')
 flags.DEFINE_list('size_ckpts', [], 'trigger_size: attacked models trained with several trigger sizes.')
+flags.DEFINE_list('multi_label_ckpts', [], 'multi_label: models with several infected labels (default: zoo/sweeps/multi_label_k*).')
 flags.DEFINE_string('adaptive_ckpt', None, 'adaptive: a model trained with the adaptive attack.')
 flags.DEFINE_integer('seed', 0, 'Seed of the split, bootstrap, draws and noise.')
 flags.DEFINE_string('out', 'docs/results/reproduce', 'Output directory.')

@@ -104,3 +104,36 @@ def test_detect_measures_the_chosen_backdoor(multi_run, tmp_path):
                      timeout=300)
   assert r.returncode == 2 and 'backdoor 4 does not exist' in r.stderr
   assert 'Traceback' not in r.stderr
+
+
+@requires_cifar
+def test_multi_label_experiment_pools_every_backdoor(multi_run, tmp_path):
+  from scaleup_jax import evaluate, reproduce
+  out = reproduce.reproduce(reproduce.ReproduceOptions(
+      quick=True, only=('multi_label',), multi_label_ckpts=(str(multi_run),), out=str(tmp_path),
+      progress=False, command='test'))
+  (row,) = out['experiments']['multi_label']['rows']
+  assert row['num_infected'] == 3 and row['labels'] == [0, *EXTRA]
+  quick = reproduce.resolve_options(reproduce.ReproduceOptions(quick=True))
+  for b in range(3):  # each label's AUROC is eval.detect's for that backdoor (one path)
+    opts = evaluate.DetectOptions(
+        ckpt=str(multi_run), backdoor=b, num_images=quick.num_images,
+        batch_size=quick.batch_size, num_defense_per_class=quick.num_defense_per_class,
+        seed=quick.seed, alphas=(), out=str(tmp_path / f'{b}.json'), plot=False, progress=False)
+    if row['num_positives'][b] == 0:
+      assert np.isnan(row['per_label']['data-free'][b])
+      with pytest.raises(InputError, match='ASR = 0'):
+        evaluate.evaluate_detection(opts)
+      continue
+    det = evaluate.evaluate_detection(opts)['detection']
+    for mode in ('data-free', 'data-limited'):
+      assert row['per_label'][mode][b] == pytest.approx(det[mode]['auroc'])
+  # Against one benign set, the pooled AUROC is the positives-weighted mean of the labels'.
+  n = np.array(row['num_positives'], float)
+  if n.sum():
+    for mode in ('data-free', 'data-limited'):
+      per = np.nan_to_num(np.array(row['per_label'][mode]))
+      assert row[mode] == pytest.approx(float(np.sum(n * per) / n.sum()))
+  md = (tmp_path / 'multi_label.md').read_text()
+  assert f'| run | 3/10 |' in md and 'App. H' in md
+  assert (tmp_path / 'multi_label.png').is_file()

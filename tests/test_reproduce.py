@@ -197,7 +197,7 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   out = tmp_path / 'repro'
   cmd = [sys.executable, '-m', 'eval.reproduce', '--quick', '--ckpt', str(quick_run),
          '--clean_ckpt', str(quick_run), '--adaptive_ckpt', str(quick_run),
-         '--rate_ckpts', str(quick_run), '--out', str(out),
+         '--rate_ckpts', str(quick_run), '--multi_label_ckpts', str(quick_run), '--out', str(out),
          '--noprogress']
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -244,6 +244,9 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   assert set(rate_row) >= {'data-free', 'data-limited', 'data-free (all)', 'data-limited (all)'}
   if rate_row['asr'] == 1.0:
     assert rate_row['data-free (all)'] == pytest.approx(rate_row['data-free'])
+  # One backdoor: the multi-label row is table1's SCALE-UP cell.
+  (ml_row,) = exps['multi_label']['rows']
+  assert ml_row['num_infected'] == 1 and ml_row['data-free'] == pytest.approx(free)
   assert exps['adaptive']['models']['adaptive']['asr'][0] == pytest.approx(
       exps['adaptive']['models']['reference']['asr'][0])
   for r in exps['adaptive']['models'].values():

@@ -70,6 +70,7 @@ SWEEPS = ZOO / 'sweeps'
 SWEEP_BASE_RATE = 0.1
 SWEEP_BASE_SIZE = 3
 ADAPTIVE_CKPT = ZOO / 'cifar10_adaptive_resnet20'
+MULTI_LABEL_PREFIX = 'multi_label_k'  # zoo/sweeps/multi_label_k<k> (train/configs/multi_label_resnet20.py)
 DEFAULT_SCALES = tuple(float(s) for s in scaleup.DEFAULT_SCALES)
 ALL_SCALES = (3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0)
 SCALE_SETS = tuple(ALL_SCALES[:k] for k in (1, 2, 3, 4, 5)) + (ALL_SCALES,)
@@ -84,6 +85,10 @@ PAPER_AUROC: dict = {
 PAPER_NOTE = ('Paper: the AUROC of the paper\'s Table 1 (CIFAR-10, ResNet) for the same attack and '
               'detector; diff = ours - paper. The adaptive attack is not in Table 1 (its one '
               'number is in the adaptive experiment), and IBD-PSC and TeCo postdate the paper.')
+
+# App. H: the AUROC with every label infected, from the paper's text.
+PAPER_ALL_LABELS_AUROC = (paper_lib.TEXT['all_labels_infected_auroc'].value,
+                          paper_lib.TEXT['all_labels_infected_auroc'].source)
 
 # The adaptive attack's AUROC (BadNets, CIFAR-10), from the paper's text.
 PAPER_ADAPTIVE_AUROC = (paper_lib.TEXT['adaptive_auroc'].value,
@@ -127,6 +132,7 @@ class ReproduceOptions:
   noise_copies: int | None = None  # noisy queries per image (the |S| of the noise variant)
   adaptive_noise_stds: tuple | None = None  # adaptive: noise added to poisoned images
   rate_ckpts: tuple = ()  # poison_rate: attacked models trained at several rates
+  multi_label_ckpts: tuple = ()  # multi_label: models with several infected labels (App. H)
   size_ckpts: tuple = ()  # trigger_size: attacked models with several trigger sizes
   adaptive_ckpt: str | None = None  # adaptive: the adaptive-attack model (Eq. 5)
   seed: int = 0
@@ -350,16 +356,19 @@ class Context:
     self._labels: dict = {}
     self._runs: dict = {}
 
-  def eval_set(self, ckpt) -> evaluate.EvalSet:
-    """The defender/evaluation split of an attacked model (same as ``eval.compare``'s)."""
-    key = str(Path(ckpt).absolute())
+  def eval_set(self, ckpt, backdoor: int = 0) -> evaluate.EvalSet:
+    """The defender/evaluation split of an attacked model (same as ``eval.compare``'s),
+    poisoned with its backdoor ``backdoor`` (0: the main one; see
+    :func:`scaleup_jax.checkpoint.select_backdoor`)."""
+    key = (str(Path(ckpt).absolute()), backdoor)
     if key not in self._evals:
       o = self.opts
       self._evals[key] = evaluate.prepare_eval_set(evaluate.DetectOptions(
           ckpt=str(ckpt), data_dir=o.data_dir, num_images=o.num_images,
           num_defense_per_class=o.num_defense_per_class, batch_size=o.batch_size, seed=o.seed,
-          plot=False, progress=False))
-      self._runs[key] = self._evals[key].run
+          backdoor=backdoor, plot=False, progress=False))
+      if backdoor == 0:
+        self._runs[key[0]] = self._evals[key].run
     return self._evals[key]
 
   def run(self, ckpt) -> ckpt_lib.LoadedRun:
@@ -792,3 +801,71 @@ def adaptive(ctx: Context) -> Outcome:
                               **_aurocs(ctx.scaleup_scores(path))}
   result['paper_auroc'] = {'value': PAPER_ADAPTIVE_AUROC[0], 'source': PAPER_ADAPTIVE_AUROC[1]}
   return Outcome(result)
+
+
+def multi_label_models(sweeps: Path = SWEEPS) -> list[Path]:
+  """Finished runs ``sweeps/multi_label_k*`` (train/configs/multi_label_resnet20.py)."""
+  if not Path(sweeps).is_dir():
+    return []
+  return [p for p in compare_lib.zoo_attacked_models(sweeps)
+          if p.name.startswith(MULTI_LABEL_PREFIX)]
+
+
+def multi_label(ctx: Context) -> Outcome:
+  """SCALE-UP on models whose backdoors infect several labels (paper App. H, Fig. 10).
+
+  Each backdoor of a model (:func:`scaleup_jax.checkpoint.select_backdoor`) is
+  measured on the same benign and defender images: its positives are the
+  triggered evaluation images of the other classes that the model sends to its
+  label. The row's AUROC pools the positives of every backdoor that formed
+  against the one benign set; the per-label AUROCs show the spread. Backdoors
+  that never formed (ASR 0) are listed and left out of the pool.
+  """
+  o = ctx.opts
+  explicit = o.multi_label_ckpts
+  paths = _existing(explicit or ([] if o.quick else multi_label_models()), '--multi_label_ckpts',
+                    'models with several infected labels (train/configs/multi_label_resnet20.py)'
+                    + ('' if explicit or o.quick else f'; none finished under '
+                       f'{_rel(SWEEPS, Path.cwd())}/{MULTI_LABEL_PREFIX}*'))
+  modes = ('data-free', 'data-limited')
+  rows = []
+  for p in paths:
+    ev0, lms = ctx.eval_set(p), ctx.labels(p)
+    run = ev0.run
+    labels, asr, positives, per_label = [], [], [], {m: [] for m in modes}
+    pooled = {m: [] for m in modes}
+    for b in range(ckpt_lib.num_backdoors(run)):
+      ev = ctx.eval_set(p, b) if b else ev0
+      if not np.array_equal(ev.benign.images, ev0.benign.images):
+        raise AssertionError(f'{p}: backdoor {b} was given other benign images than backdoor 0')
+      pois = lms['poisoned'] if b == 0 else label_matrix(
+          run.apply_fn, run.variables, ev.poisoned_images[: ev.num_poisoned], ALL_SCALES,
+          o.batch_size, o.progress, f'{Path(p).name} backdoor {b}')
+      labels.append(int(ev.run.target))
+      asr.append(float(np.mean(pois[:, 0] == ev.run.target)))
+      positives.append(int(np.sum(pois[:, 0] == ev.run.target)))
+      if asr[-1] == 0:
+        for m in modes:
+          per_label[m].append(float('nan'))
+        continue
+      scores = _scores_from_labels({**lms, 'poisoned': pois}, ev.run.target,
+                                   ev.test.num_classes, DEFAULT_SCALES)
+      for m in modes:
+        per_label[m].append(detection_metrics(*scores[m])['auroc'])
+        pooled[m].append(scores[m])
+    row = {'ckpt': str(p), 'num_infected': len(labels), 'num_classes': int(ev0.test.num_classes),
+           'share': len(labels) / ev0.test.num_classes, 'labels': labels, 'asr': asr,
+           'num_positives': positives,
+           'epochs': int(run.config.num_epochs), 'ba': float(np.mean(lms['benign'][:, 0]
+                                                                      == ev0.benign.labels)),
+           'per_label': per_label}
+    for m in modes:
+      if pooled[m]:
+        benign = pooled[m][0][0]
+        row[m] = detection_metrics(benign, np.concatenate([s[1] for s in pooled[m]]))['auroc']
+      else:
+        row[m] = float('nan')
+    rows.append(row)
+  rows.sort(key=lambda r: (r['epochs'], r['num_infected']))
+  return Outcome({'rows': rows, 'paper_all_labels_auroc': {
+      'value': PAPER_ALL_LABELS_AUROC[0], 'relation': '>=', 'source': PAPER_ALL_LABELS_AUROC[1]}})

@@ -204,6 +204,29 @@ def sweep(record: dict, extras: dict) -> Figure:
   return fig
 
 
+def multi_label(record: dict, extras: dict) -> Figure:
+  """Pooled AUROC against the share of infected labels; bars span the per-label AUROCs."""
+  del extras
+  rows = record['rows']
+  fig, ax = _line_axes('share of infected labels', 'AUROC')
+  x = np.array([r['share'] for r in rows])
+  for i, mode in enumerate(('data-free', 'data-limited')):
+    y = np.array([r[mode] for r in rows])
+    lo, hi = [], []
+    for r, yy in zip(rows, y):
+      vals = [v for v in r['per_label'][mode] if not np.isnan(v)] or [yy]
+      lo.append(yy - min(vals))
+      hi.append(max(vals) - yy)
+    ax.errorbar(x + (i - 0.5) * 0.01, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
+                fmt='o-', capsize=3, color=('tab:blue', 'tab:orange')[i],
+                label=f'{mode} (pooled; bars: per label)')
+  paper = record['paper_all_labels_auroc']
+  ax.axhline(paper['value'], color='grey', ls=':', label=f"paper at 100%: >= {paper['value']}")
+  ax.set_xlim(0, 1.05)
+  ax.legend(fontsize=7)
+  return fig
+
+
 def adaptive(record: dict, extras: dict) -> Figure:
   """ASR under noise, and what noise alone sends to the target, per model."""
   fig, ax = _line_axes('Gaussian noise std', 'fraction predicted as the target')

@@ -67,6 +67,8 @@ EXPERIMENTS: dict[str, Experiment] = {
                               report.sweep, plots.sweep),
     'trigger_size': Experiment('AUROC vs trigger size (paper Fig. 7)', ex.trigger_size,
                                report.sweep, plots.sweep),
+    'multi_label': Experiment('AUROC vs the share of infected labels (paper App. H, Fig. 10)',
+                              ex.multi_label, report.multi_label, plots.multi_label),
     'adaptive': Experiment('Adaptive attack: AUROC and ASR under Gaussian noise (paper Fig. 7)',
                            ex.adaptive, report.adaptive, plots.adaptive),
 }
