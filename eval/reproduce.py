@@ -7,7 +7,7 @@
 
 Experiments: table1, fig2, fig3, roc, ablation_scales, ablation_defense_size,
 ablation_noise, poison_rate (--rate_ckpts), trigger_size (--size_ckpts), multi_label
-(--multi_label_ckpts), adaptive (--adaptive_ckpt); those whose models are missing are reported as skipped.
+(--multi_label_ckpts), adaptive (--adaptive_ckpt), robustness (--robustness_ckpts); those whose models are missing are reported as skipped.
 Writes reproduce.json, summary.md and one .md table and .png figure per
 experiment under --out.
 """
@@ -37,6 +37,8 @@ flags.DEFINE_list('rate_ckpts', [], 'poison_rate: attacked models trained at sev
 flags.DEFINE_list('size_ckpts', [], 'trigger_size: attacked models trained with several trigger sizes.')
 flags.DEFINE_list('multi_label_ckpts', [], 'multi_label: models with several infected labels (default: zoo/sweeps/multi_label_k*).')
 flags.DEFINE_string('adaptive_ckpt', None, 'adaptive: a model trained with the adaptive attack.')
+flags.DEFINE_list('robustness_ckpts', [], 'robustness: models to test on noisy inputs (default: the BadNets and PhysicalBA models of --ckpts).')
+flags.DEFINE_list('robustness_stds', None, 'robustness: Gaussian noise stds on the inputs (default 0,0.005,0.01,0.02,0.03,0.05,0.1).')
 flags.DEFINE_integer('seed', 0, 'Seed of the split, bootstrap, draws and noise.')
 flags.DEFINE_string('out', 'docs/results/reproduce', 'Output directory.')
 cli.define_shared_flags('data_dir', 'progress', 'protocol', 'jpeg_match')
@@ -51,7 +53,8 @@ def main(argv):
     opts = cli.options_from_flags(
         reproduce.ReproduceOptions, command=cli.command_line('eval.reproduce'),
         defense_sizes=cli.numbers('defense_sizes', FLAGS.defense_sizes, int),
-        noise_stds=cli.numbers('noise_stds', FLAGS.noise_stds, float))
+        noise_stds=cli.numbers('noise_stds', FLAGS.noise_stds, float),
+        robustness_stds=cli.numbers('robustness_stds', FLAGS.robustness_stds, float))
     summary = reproduce.reproduce(opts)
     for name, r in summary['experiments'].items():
       status = f"ok ({r['seconds']:.0f} s)" if r['status'] == 'ok' else f"skipped: {r['reason']}"

@@ -252,6 +252,13 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   for r in exps['adaptive']['models'].values():
     assert len(r['benign_to_target']) == 3 and r['num_benign'] > 0
     assert all(0.0 <= v <= 1.0 for v in r['benign_to_target'])
+  # App. L: without noise both settings are table1's cell; with noise the queries change.
+  (rob,) = exps['robustness']['models']
+  assert [r['std'] for r in rob['rows']] == [0.0, 0.05]
+  zero, noisy = rob['rows']
+  assert zero['benign']['data-free'] == zero['poisoned']['data-free'] == pytest.approx(free)
+  assert zero['asr'] == pytest.approx(exps['adaptive']['models']['reference']['asr'][0])
+  assert 0 < noisy['num_positives'] and set(noisy['benign']) == {'data-free', 'data-limited'}
 
   # An --only run updates its experiments and keeps the others with their commands;
   # table1 reuses the compare rows already in its directory.

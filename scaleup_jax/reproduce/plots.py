@@ -239,3 +239,26 @@ def adaptive(record: dict, extras: dict) -> Figure:
   ax.legend(fontsize=7)
   return fig
 
+
+
+def robustness(record: dict, extras: dict) -> Figure:
+  """AUROC against the noise std: one panel per model, noisy benign vs noisy poisoned."""
+  del extras
+  models = record['models']
+  fig = Figure(figsize=(4.6 * len(models), 3.6))
+  axes = np.atleast_1d(fig.subplots(1, len(models), squeeze=False)[0])
+  for ax, m in zip(axes, models):
+    stds = [r['std'] for r in m['rows']]
+    for setting, ls in (('benign', 'o-'), ('poisoned', 's--')):
+      for mode, color in (('data-free', 'tab:blue'), ('data-limited', 'tab:orange')):
+        ax.plot(stds, [r[setting][mode] for r in m['rows']], ls, color=color,
+                label=f'{mode}, noisy {setting}')
+    ax.plot(stds, [r['ba'] for r in m['rows']], ':', color='grey', label='BA (noisy)')
+    ax.plot(stds, [r['asr'] for r in m['rows']], '-.', color='tab:red', alpha=0.6,
+            label='ASR (noisy)')
+    ax.set_xlabel('Gaussian noise std')
+    ax.set_ylabel('AUROC / rate')
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{Path(m['ckpt']).name} (target {m['target']})", fontsize=8)
+    ax.legend(fontsize=6)
+  return fig

@@ -236,6 +236,29 @@ def multi_label(record: dict, extras: dict) -> list[str]:
   return lines
 
 
+def robustness(record: dict, extras: dict) -> list[str]:
+  """BA, ASR and AUROC per noise std, noisy benign vs noisy poisoned, per model."""
+  del extras
+  lines = ['Gaussian noise of std s on the query images, which SCALE-UP then amplifies as they '
+           'are. benign: noisy benign images against clean positives; poisoned: clean benign '
+           'images against noisy positives (those still sent to the target). BA, ASR: on the '
+           'noisy images; noise→target: noisy benign images of other classes sent to the target.',
+           '']
+  for m in record['models']:
+    lines += [f"**{Path(m['ckpt']).name}** ({m['attack']}, target {m['target']})", '',
+              '| std | BA | ASR | noise→target | positives | AUROC data-free (benign / poisoned '
+              'noisy) | AUROC data-limited (benign / poisoned noisy) |',
+              '|---:|---:|---:|---:|---:|---:|---:|']
+    for r in m['rows']:
+      cells = [f"{_fmt(r['benign'][mode])} / {_fmt(r['poisoned'][mode])}"
+               for mode in ('data-free', 'data-limited')]
+      lines.append(f"| {r['std']:g} | {r['ba']:.3f} | {r['asr']:.3f} | "
+                   f"{r['benign_to_target']:.3f} | {r['num_positives']} | {cells[0]} | {cells[1]} |")
+    lines.append('')
+  lines.append(f"Paper: {record['paper_claim']}.")
+  return lines
+
+
 # ------------------------------------------------------------------ reproduce.json, summary.md
 
 

@@ -71,6 +71,8 @@ EXPERIMENTS: dict[str, Experiment] = {
                               ex.multi_label, report.multi_label, plots.multi_label),
     'adaptive': Experiment('Adaptive attack: AUROC and ASR under Gaussian noise (paper Fig. 7)',
                            ex.adaptive, report.adaptive, plots.adaptive),
+    'robustness': Experiment('SCALE-UP on noisy benign and noisy poisoned inputs (paper App. L, '
+                             'Fig. 13)', ex.robustness, report.robustness, plots.robustness),
 }
 """Every experiment, in the order :func:`reproduce` runs and reports them."""
 
@@ -93,7 +95,7 @@ def resolve_options(opts: ex.ReproduceOptions) -> ex.ReproduceOptions:
     raise InputError(f'noise_copies must be >= 1; got {opts.noise_copies}')
   if any(m < 1 for m in opts.defense_sizes):
     raise InputError(f'defense_sizes must be >= 1; got {list(opts.defense_sizes)}')
-  if any(s < 0 for s in (*opts.noise_stds, *opts.adaptive_noise_stds)):
+  if any(s < 0 for s in (*opts.noise_stds, *opts.adaptive_noise_stds, *opts.robustness_stds)):
     raise InputError('noise standard deviations must be >= 0')
   return opts
 
