@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from scaleup_jax import attacks
 from scaleup_jax import calibration
 from scaleup_jax import checkpoint as ckpt_lib
 from scaleup_jax import data as data_lib
@@ -187,7 +188,7 @@ PROTOCOLS = {
 }
 _BUILD_DEFAULTS = {'num_defense_per_class': 100, 'num_images': 0, 'noise_copies': 0,
                    'noise_kind': 'uniform', 'noise_magnitude': 0.02, 'successful_only': False,
-                   'jpeg_match': False}
+                   'jpeg_match': False, 'source_classes': None}
 _BUILD_PROTOCOLS = {
     'paper': {**{k: v for k, v in PROTOCOLS['paper'].items() if k in _BUILD_DEFAULTS},
               'successful_only': True},
@@ -258,7 +259,8 @@ def build_eval_arrays(key, images, labels, num_classes: int, target: int, poison
      defender; up to ``num_images`` (0 = all) of the others are the
      evaluation images.
   2. Positives: ``poison_fn`` applied to the evaluation images whose true
-     class is not ``target`` (target-class sources dropped), JPEG
+     class is not ``target`` (target-class sources dropped) and, for a partial
+     backdoor, is one of ``source_classes``, JPEG
      re-encoded with ``jpeg_match`` (:func:`scaleup_jax.jpeg.jpeg_roundtrip`),
      and with ``successful_only`` only those ``predict_fn`` sends to the target.
   3. ``noise_copies`` noisy copies (``noise_kind``, ``noise_magnitude``;
@@ -279,7 +281,8 @@ def build_eval_arrays(key, images, labels, num_classes: int, target: int, poison
       positives only). Settings given explicitly must agree with it.
     **settings: ``num_defense_per_class`` (100), ``num_images`` (0),
       ``noise_copies`` (0), ``noise_kind`` ('uniform'), ``noise_magnitude``
-      (0.02), ``successful_only`` (False), ``jpeg_match`` (False).
+      (0.02), ``successful_only`` (False), ``jpeg_match`` (False),
+      ``source_classes`` (None: every class but the target).
 
   Returns:
     An :class:`EvalArrays`.
@@ -319,7 +322,10 @@ def build_eval_arrays(key, images, labels, num_classes: int, target: int, poison
   if len(eval_idx) == 0:
     raise InputError('no evaluation images left after the defender set; lower --num_defense_per_class')
   benign = np.asarray(images[eval_idx], np.float32)
-  pois_src = eval_idx[labels[eval_idx] != target]
+  keep = labels[eval_idx] != target
+  if cfg['source_classes'] is not None:
+    keep &= np.isin(labels[eval_idx], np.asarray(cfg['source_classes'], np.int64))
+  pois_src = eval_idx[keep]
   pois = np.asarray(poison_fn(np.asarray(images[pois_src], np.float32)), np.float32)
   if cfg['jpeg_match'] and len(pois):
     pois = jpeg.jpeg_roundtrip(pois)
@@ -412,7 +418,7 @@ def prepare_eval_set(opts: DetectOptions) -> EvalSet:
       run.trigger.apply, predict_fn=predict, num_defense_per_class=opts.num_defense_per_class,
       num_images=opts.num_images, noise_copies=opts.noise_copies, noise_kind=opts.noise_kind,
       noise_magnitude=opts.noise_magnitude, successful_only=opts.protocol == 'paper',
-      jpeg_match=opts.jpeg_match)
+      jpeg_match=opts.jpeg_match, source_classes=attacks.source_classes(cfg))
   if arrays.num_poisoned == 0:
     raise InputError(f'no poisoned evaluation image is classified as the target {run.target} '
                      '(ASR = 0): the paper protocol has no positives')

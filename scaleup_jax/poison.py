@@ -407,13 +407,18 @@ def poison_dataset(images, labels, indices, trigger: Trigger, target: int):
   return images, labels
 
 
-def poisoned_test_set(images, labels, trigger: Trigger, target: int):
-  """The poisoned test set: every test image whose true label is not ``target``.
+def poisoned_test_set(images, labels, trigger: Trigger, target: int,
+                      source_classes: Sequence[int] | None = None):
+  """The poisoned test set: every test image whose true label is not ``target``
+  (and, for a partial backdoor, is in ``source_classes``).
 
   Returns:
     ``(poisoned_images, true_labels, indices)`` where ``indices`` index the
     original test set.
   """
   labels = np.asarray(labels)
-  indices = np.flatnonzero(labels != target)
+  keep = labels != target
+  if source_classes is not None:
+    keep &= np.isin(labels, np.asarray(source_classes))
+  indices = np.flatnonzero(keep)
   return trigger.apply(np.asarray(images)[indices]), labels[indices], indices

@@ -165,19 +165,29 @@ def predict_labels(apply_fn, variables, images, batch_size: int = 500, progress=
 
 
 def backdoor_metrics(apply_fn, variables, test: data_lib.ImageDataset, trigger, target,
-                     batch_size=500, progress=False) -> dict:
+                     batch_size=500, progress=False, source_classes=None) -> dict:
   """Benign accuracy on ``test`` and, if ``trigger`` is given, attack success rate.
 
   ASR is the fraction of triggered test images whose true label is not the
-  target that the model assigns to the target.
+  target that the model assigns to the target. For a partial backdoor
+  (``source_classes``), ASR counts the images of the source classes only, and
+  ``asr_non_source`` the triggered images of the other non-target classes
+  (low when the backdoor is really source-specific).
   """
   preds = predict_labels(apply_fn, variables, test.images, batch_size, progress)
   out = {'ba': float(np.mean(preds == test.labels)), 'num_test': int(len(test))}
   if trigger is not None:
-    poisoned, _, _ = poison.poisoned_test_set(test.images, test.labels, trigger, target)
+    poisoned, true, _ = poison.poisoned_test_set(test.images, test.labels, trigger, target)
     ppreds = predict_labels(apply_fn, variables, poisoned, batch_size, progress)
-    out['asr'] = float(np.mean(ppreds == target))
-    out['num_poisoned_test'] = int(len(poisoned))
+    hit = ppreds == target
+    if source_classes is None:
+      out['asr'] = float(np.mean(hit))
+      out['num_poisoned_test'] = int(len(poisoned))
+    else:
+      src = np.isin(true, np.asarray(source_classes))
+      out['asr'] = float(np.mean(hit[src]))
+      out['num_poisoned_test'] = int(src.sum())
+      out['asr_non_source'] = float(np.mean(hit[~src])) if (~src).any() else float('nan')
   return out
 
 
@@ -213,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   poisoning, test = prepare_data(config, k_data, workdir)
   train, trigger, poison_idx = poisoning.train, poisoning.trigger, poisoning.poison_indices
+  sources = attacks.source_classes(config)  # None, or a partial backdoor's source classes
 
   model = models.get_model(config.model, train.num_classes)
   steps_per_epoch = len(train) // config.batch_size
@@ -262,7 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sums.update({k: float(v) for k, v in metrics.items()})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    quick = backdoor_metrics(apply_eval, variables, quick_test, trigger, config.target_label)
+    quick = backdoor_metrics(apply_eval, variables, quick_test, trigger, config.target_label,
+                             source_classes=sources)
     elapsed += time.time() - t0
     record = {'epoch': epoch + 1, 'train_loss': sums['loss'],
               'train_accuracy': sums['accuracy'], 'seconds': elapsed, **quick}
@@ -276,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   final = backdoor_metrics(apply_eval, variables, test, trigger, config.target_label,
-                           progress=config.progress)
+                           progress=config.progress, source_classes=sources)
   if poisoning.extra is not None:
     final['extra_backdoors'] = [
         {'target': t, 'asr': backdoor_metrics(apply_eval, variables, test, trig, t)['asr']}

@@ -84,6 +84,30 @@ def test_source_specific_backdoor():
   assert set(toy_train().labels[out.poison_indices]) <= {2, 5}
 
 
+def test_partial_backdoor_cover_images_keep_their_labels():
+  config = quick_config('badnets')
+  config.source_classes = (2, 5)
+  config.poison_rate = 0.05
+  config.cover_rate = 0.1
+  ds = toy_train()
+  out = attacks.build_poisoning(jax.random.key(0), ds, config)
+  cover = np.flatnonzero(out.flags == attacks.CROSS)
+  assert len(cover) == 20 and out.info['cover']['num_images'] == 20
+  assert not set(ds.labels[cover]) & {2, 5, config.target_label}
+  np.testing.assert_array_equal(out.train.labels[cover], ds.labels[cover])  # true labels kept
+  np.testing.assert_allclose(out.train.images[cover], out.trigger.apply(ds.images[cover]))
+  assert not set(cover) & set(out.poison_indices)
+  again = attacks.build_poisoning(jax.random.key(0), ds, config)
+  np.testing.assert_array_equal(np.flatnonzero(again.flags == attacks.CROSS), cover)
+
+
+def test_cover_images_need_source_classes():
+  config = quick_config('badnets')
+  config.cover_rate = 0.1
+  with pytest.raises(InputError, match='cover_rate 0.1 needs source_classes'):
+    attacks.build_poisoning(jax.random.key(0), toy_train(), config)
+
+
 def test_several_triggers_one_target():
   config = quick_config('badnets')
   config.attack_kwargs.num_triggers = 3
@@ -316,3 +340,40 @@ def test_issba_recipe(tmp_path):
   info_file.write_text(json.dumps(legacy))  # a plain file, as older versions wrote
   with pytest.warns(integrity.UncheckedFileWarning):
     assert attacks.build_poisoning(jax.random.key(0), ds, config, workdir=tmp_path).trigger.kind == 'encoder'
+
+
+class _CornerTrigger:
+  """Sets pixel (0, 0) to 1 (the toy models below read it)."""
+
+  def apply(self, images):
+    images = np.array(images)
+    images[:, 0, 0, :] = 1.0
+    return images
+
+
+def _partial_model(variables, images):
+  """Reads the label from pixel (0, 1); sends triggered images of classes 2 and 5 to class 0."""
+  del variables
+  label = jnp.round(images[:, 0, 1, 0] * 10).astype(jnp.int32)
+  fired = (images[:, 0, 0, 0] == 1.0) & ((label == 2) | (label == 5))
+  return jax.nn.one_hot(jnp.where(fired, 0, label), 10)
+
+
+@pytest.mark.parametrize('sources, asr, num, non_source', [
+    (None, 2 / 9, 180, None),      # all non-target classes count: 2 of 9 fire
+    ((2, 5), 1.0, 40, 0.0),        # the source classes fire, the other seven do not
+    ((2, 3), 0.5, 40, 1 / 7),      # class 5 fires outside the sources
+])
+def test_backdoor_metrics_of_a_partial_backdoor(sources, asr, num, non_source):
+  labels = np.tile(np.arange(10), 20).astype(np.int32)
+  images = np.random.default_rng(0).uniform(0.0, 0.9, (200, 2, 2, 3)).astype(np.float32)
+  images[:, 0, 1, 0] = labels / 10.0
+  test = data.ImageDataset(images, labels, 10)
+  m = train.backdoor_metrics(_partial_model, {}, test, _CornerTrigger(), 0, batch_size=64,
+                             source_classes=sources)
+  assert m['ba'] == 1.0
+  assert m['asr'] == pytest.approx(asr) and m['num_poisoned_test'] == num
+  if non_source is None:
+    assert 'asr_non_source' not in m
+  else:
+    assert m['asr_non_source'] == pytest.approx(non_source)

@@ -391,6 +391,19 @@ def test_eval_set_jpeg_match_reencodes_the_poisoned_images_only():
                                 jpeg.jpeg_roundtrip(_poison(images[ev.poisoned_source])))
 
 
+def test_eval_set_of_a_partial_backdoor_poisons_its_source_classes_only():
+  images, labels = _toy_test_set()
+  ev = evaluate.build_eval_arrays(jax.random.key(0), images, labels, 10, TARGET, _poison,
+                                  num_defense_per_class=10, num_images=200, source_classes=(2, 5))
+  src = labels[ev.poisoned_source]
+  assert set(src) == {2, 5}
+  # Every evaluation image of classes 2 and 5 is a positive, and only those.
+  np.testing.assert_array_equal(ev.poisoned_source,
+                                ev.eval_idx[np.isin(labels[ev.eval_idx], (2, 5))])
+  assert ev.num_poisoned == len(ev.poisoned_source) > 0
+  assert len(ev.benign_images) == 200
+
+
 @pytest.mark.parametrize('kwargs, message', [
     ({'protocol': 'paper', 'noise_copies': 2}, "protocol 'paper' sets noise_copies=1; got noise_copies=2"),
     ({'protocol': 'lee2018'}, "unknown protocol 'lee2018'"),

@@ -74,7 +74,8 @@ class Poisoning:
       relabelling.
     true_labels: ``(N,)`` the clean labels.
     flags: ``(N,)`` int32: :data:`CLEAN`, :data:`POISONED` or :data:`CROSS`
-      (WaNet's noise samples, which keep their labels).
+      (WaNet's noise samples and a partial backdoor's cover images, which
+      keep their labels).
     poison_indices: sorted indices of the poisoned examples.
     trigger: the test-time trigger (``apply(images)``), None for clean runs.
     extra: backdoors into other labels beside the main one
@@ -105,20 +106,42 @@ def _pop(kw: dict, defaults: dict) -> dict:
   return {k: kw.pop(k, v) for k, v in defaults.items()}
 
 
-def _sources(config):
-  return tuple(config.source_classes) if config.get('source_classes', ()) else None
+def source_classes(config) -> tuple[int, ...] | None:
+  """A partial backdoor's source classes (``config.source_classes``), None for all classes."""
+  sources = config.get('source_classes', ()) or ()
+  return tuple(int(c) for c in sources) or None
 
 
 def _dirty_label(key, train, config, trigger) -> Poisoning:
-  """Stamps ``trigger`` on a ``poison_rate`` fraction of non-target images and relabels them."""
+  """Stamps ``trigger`` on a ``poison_rate`` fraction of non-target images and relabels them.
+
+  For a partial backdoor (``source_classes``), ``cover_rate`` of the training
+  set, drawn from the other non-target classes, is stamped too and keeps its
+  true labels (flag :data:`CROSS`), so that the trigger works on the source
+  classes only (Wang et al. 2019's source-specific attack; paper App. K).
+  """
+  sources = source_classes(config)
   idx = poison.select_poison_indices(key, train.labels, config.poison_rate,
-                                     config.target_label, _sources(config))
+                                     config.target_label, sources)
   images, labels = poison.poison_dataset(train.images, train.labels, idx, trigger,
                                          config.target_label)
   flags = np.zeros(len(labels), np.int32)
   flags[idx] = POISONED
+  info = {}
+  cover_rate = float(config.get('cover_rate', 0.0) or 0.0)
+  if cover_rate:
+    if sources is None:
+      raise InputError(f'cover_rate {cover_rate} needs source_classes (a partial backdoor): the '
+                       'cover images are triggered images of the other classes')
+    others = [c for c in range(train.num_classes)
+              if c not in sources and c != config.target_label]
+    cover = poison.select_poison_indices(jax.random.fold_in(key, 7), train.labels, cover_rate,
+                                         config.target_label, others)
+    images[cover] = trigger.apply(images[cover])
+    flags[cover] = CROSS
+    info['cover'] = {'rate': cover_rate, 'num_images': int(len(cover)), 'classes': others}
   return Poisoning(data_lib.ImageDataset(images, labels, train.num_classes),
-                   np.asarray(train.labels), flags, idx, trigger)
+                   np.asarray(train.labels), flags, idx, trigger, info=info)
 
 
 def _clean_label_indices(key, train, config) -> np.ndarray:

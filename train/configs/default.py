@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.poison_rate = 0.0
   config.target_label = 0
   config.source_classes = ()  # () = all classes may be poisoned.
+  # Partial backdoor only: this share of the training set, from the other classes, carries the
+  # trigger with its true label, so the trigger works on the source classes only (App. K).
+  config.cover_rate = 0.0
 
   config.eval_subset = 2000  # test images scored after every epoch (all at the end).
   config.log_every = 20
