@@ -135,5 +135,5 @@ def test_multi_label_experiment_pools_every_backdoor(multi_run, tmp_path):
       per = np.nan_to_num(np.array(row['per_label'][mode]))
       assert row[mode] == pytest.approx(float(np.sum(n * per) / n.sum()))
   md = (tmp_path / 'multi_label.md').read_text()
-  assert f'| run | 3/10 |' in md and 'App. H' in md
+  assert '| run | 3/10 |' in md and 'App. H' in md
   assert (tmp_path / 'multi_label.png').is_file()
