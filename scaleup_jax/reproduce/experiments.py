@@ -914,14 +914,12 @@ def robustness(ctx: Context) -> Outcome:
     others = ev.benign.labels != target
     rows = []
     for t, std in enumerate(o.robustness_stds):
-      if std < 0:
-        raise InputError(f'noise std must be >= 0; got {std}')
-      noisy = {}
+      noisy = {}  # std 0 is the cached clean label matrix; stds >= 0 checked in resolve_options
       for i, (name, x) in enumerate(images.items()):
-        xn = x if std == 0 else evaluate.add_noise_copies(
-            jax.random.fold_in(jax.random.fold_in(key, t), i), x, 1, 'gaussian', float(std))
-        noisy[name] = label_matrix(run.apply_fn, run.variables, xn, DEFAULT_SCALES, o.batch_size,
-                                   o.progress, f'{p.name} noise {std:g} {name}')
+        noisy[name] = clean[name] if std == 0 else label_matrix(
+            run.apply_fn, run.variables, evaluate.add_noise_copies(
+                jax.random.fold_in(jax.random.fold_in(key, t), i), x, 1, 'gaussian', float(std)),
+            DEFAULT_SCALES, o.batch_size, o.progress, f'{p.name} noise {std:g} {name}')
       row = {'std': float(std),
              'ba': float(np.mean(noisy['benign'][:, 0] == ev.benign.labels)),
              'asr': float(np.mean(noisy['poisoned'][:, 0] == target)),
