@@ -13,7 +13,17 @@ colon overrides the rate, the patch size and the number of epochs:
       --workdir zoo/sweeps/badnets_rate0.05_size3_e10
 
 ``epochs=E`` lengthens the schedule for points whose backdoor does not form in
-the base 5 epochs (low rates); ``eval.reproduce`` reports each model's epochs
+the base 5 epochs (low rates); ``augment=0`` drops crop+flip (the paper's regime,
+Sec. 5.1, in which a patch backdoor forms far sooner); ``attack=physical`` trains
+PhysicalBA instead (the patch under colour jitter and a random affine map, as in
+``physical_resnet20.py``) for the PhysicalBA curve of Fig. 7a:
+
+  python -m train.main --config train/configs/badnets_sweep_resnet20.py:rate=0.004,epochs=8,augment=0 \
+      --workdir zoo/sweeps/badnets_rate0.004_size3_e8_noaug
+  python -m train.main --config train/configs/badnets_sweep_resnet20.py:attack=physical,size=3,epochs=6,augment=0 \
+      --workdir zoo/sweeps/physical_rate0.1_size3_e6_noaug
+
+``eval.reproduce`` reports each model's schedule (epochs, and whether it used crop+flip)
 and draws each schedule as its own curve.
 
 ``eval.reproduce`` finds finished runs under ``zoo/sweeps/``: the poisoning-rate
@@ -26,6 +36,7 @@ from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20, default
 
 EPOCHS = 5
+ATTACKS = ('badnets', 'physical')
 
 
 def get_config(arg: str = ''):
@@ -44,12 +55,22 @@ def get_config(arg: str = ''):
       config.attack_kwargs.size = int(value)
     elif key == 'epochs' and value:
       config.num_epochs = int(value)
+    elif key == 'augment' and value in ('0', '1'):
+      config.augment = value == '1'
+    elif key == 'attack' and value in ATTACKS:
+      config.attack = value
+      if value == 'physical':
+        config.attack_kwargs.transform = {'apply_to': (0, 1)}
     else:
-      raise InputError(f"unknown sweep override {part!r}; expected rate=R, size=S, epochs=E or quick "
+      raise InputError(f"unknown sweep override {part!r}; expected rate=R, size=S, epochs=E, "
+                       f"augment=0|1, attack={'|'.join(ATTACKS)} or quick "
                        f"(got config argument {arg!r})")
   return default.quick(config) if quick else config
 
 
-def workdir_name(rate: float, size: int, epochs: int = EPOCHS) -> str:
+def workdir_name(rate: float, size: int, epochs: int = EPOCHS, augment: bool = True,
+                 attack: str = 'badnets') -> str:
   """The run directory name under ``zoo/sweeps/`` for one sweep point."""
-  return f'badnets_rate{rate:g}_size{size}' + ('' if epochs == EPOCHS else f'_e{epochs}')
+  return (f'{attack}_rate{rate:g}_size{size}' + ('' if epochs == EPOCHS and augment
+                                                 else f'_e{epochs}')
+          + ('' if augment else '_noaug'))
