@@ -281,18 +281,26 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
     ('rate=0.02', 0.02, 3, 5, 'badnets_rate0.02_size3'),
     ('size=7', 0.1, 7, 5, 'badnets_rate0.1_size7'),
     ('rate=0.05, epochs=10', 0.05, 3, 10, 'badnets_rate0.05_size3_e10'),
+    ('rate=0.004,epochs=8,augment=0', 0.004, 3, 8, 'badnets_rate0.004_size3_e8_noaug'),
+    ('attack=physical,size=7,epochs=6,augment=0', 0.1, 7, 6, 'physical_rate0.1_size7_e6_noaug'),
+    ('augment=0', 0.1, 3, 5, 'badnets_rate0.1_size3_e5_noaug'),
 ])
 def test_sweep_config_overrides_and_run_names(arg, rate, size, epochs, name):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
   config = sweep_cfg.get_config(arg)
   assert (config.poison_rate, config.attack_kwargs.size, config.num_epochs) == (rate, size, epochs)
-  assert sweep_cfg.workdir_name(rate, size, epochs) == name
+  assert config.augment == ('augment=0' not in arg)
+  assert sweep_cfg.workdir_name(rate, size, epochs, config.augment, config.attack) == name
+  # PhysicalBA distorts every training image, clean and poisoned (physical_resnet20.py).
+  physical = 'attack=physical' in arg
+  assert config.attack == ('physical' if physical else 'badnets')
+  assert ('transform' in config.attack_kwargs) == physical
 
 
-@pytest.mark.parametrize('arg', ['epochs=', 'lr=0.1', 'rate'])
+@pytest.mark.parametrize('arg', ['epochs=', 'lr=0.1', 'rate', 'augment=no', 'attack=wanet'])
 def test_sweep_config_rejects_unknown_overrides(arg):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
-  with pytest.raises(InputError, match='expected rate=R, size=S, epochs=E or quick'):
+  with pytest.raises(InputError, match='expected rate=R, size=S, epochs=E, augment=0|1'):
     sweep_cfg.get_config(arg)
 
 
@@ -312,9 +320,11 @@ def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   fake_run('s5', sweep_cfg.BASE_RATE, 5)
   fake_run('other', 0.01, 5)  # on neither sweep's axis
   fake_run('blend', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='blended')
+  fake_run('phys', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='physical')
   fake_run('unfinished', 0.02, sweep_cfg.BASE_SIZE, finished=False)
   assert [p.name for p in reproduce.sweep_models('rate', tmp_path)] == [base, 'r01']
-  assert [p.name for p in reproduce.sweep_models('size', tmp_path)] == [base, 's5']
+  # Fig. 7a has a PhysicalBA curve; Fig. 7b is BadNets only.
+  assert [p.name for p in reproduce.sweep_models('size', tmp_path)] == [base, 'phys', 's5']
   assert reproduce.sweep_models('rate', tmp_path / 'absent') == []
 
 
@@ -327,12 +337,13 @@ def _stub_sweep_ctx(tmp_path, runs):
   def lm(n, low):  # label matrices over ALL_SCALES, never the target 0
     return rng.integers(low, 10, size=(n, num_scales))
   labels = {p: {'benign': lm(40, 1), 'defense': lm(50, 0),
-                'poisoned': np.zeros((30, num_scales), int) if took else lm(30, 1)}
-            for p, (_, _, took) in runs.items()}
+                'poisoned': np.zeros((30, num_scales), int) if run[2] else lm(30, 1)}
+            for p, run in runs.items()}
   ctx = SimpleNamespace(
       opts=SimpleNamespace(command='cmd'), out=tmp_path,
       eval_set=lambda p: SimpleNamespace(run=SimpleNamespace(
-          config=SimpleNamespace(poison_rate=runs[p][0], num_epochs=runs[p][1]), target=0),
+          config=SimpleNamespace(poison_rate=runs[p][0], num_epochs=runs[p][1],
+                                 **(runs[p][3] if len(runs[p]) > 3 else {})), target=0),
           test=SimpleNamespace(num_classes=10)),
       labels=lambda p: labels[p])
   ctx.scaleup_scores = lambda p, all_poisoned=False: experiments._scores_from_labels(
@@ -352,7 +363,7 @@ def test_sweep_point_whose_backdoor_never_took_is_reported_not_fatal(tmp_path):
   assert 0.0 <= never['data-free (all)'] <= 1.0
   assert took['asr'] == 1.0 and took['data-free'] == 1.0  # always-target poisoned: SPC 1
   md = (tmp_path / 'poison_rate.md').read_text()
-  assert '| never | 0.004 | 5 | 0.000 | – | – |' in md and 'ASR 0' in md
+  assert '| never | 0.004 | badnets, 5 epochs | 0.000 | – | – |' in md and 'ASR 0' in md
   assert 'grouped by training schedule' not in md  # one schedule: no note
   assert (tmp_path / 'poison_rate.png').exists()
 
@@ -369,4 +380,21 @@ def test_sweep_groups_models_by_training_schedule(tmp_path):
       ('r0.05', 5), ('r0.1', 5), ('r0.05_e10', 10)]
   assert out['rows'][2]['data-free'] == 1.0 and np.isnan(out['rows'][0]['data-free'])
   md = (tmp_path / 'poison_rate.md').read_text()
-  assert '| r0.05_e10 | 0.05 | 10 | 1.000 |' in md and 'grouped by training schedule' in md
+  assert '| r0.05_e10 | 0.05 | badnets, 10 epochs | 1.000 |' in md
+  assert 'grouped by training schedule' in md
+
+
+def test_sweep_keeps_attacks_and_augmentation_apart(tmp_path):
+  """Same epochs, another attack or no crop+flip: separate curves (Fig. 7a PhysicalBA,
+  the low-rate point trained without augmentation)."""
+  runs = {tmp_path / 'b3': (0.1, 6, True, {'size': 3}), tmp_path / 'b5': (0.1, 6, True, {'size': 5}),
+          tmp_path / 'p3': (0.1, 6, True, {'size': 3, 'attack': 'physical', 'augment': False}),
+          tmp_path / 'n3': (0.1, 6, True, {'size': 3, 'augment': False})}
+  outcome = experiments._sweep(_stub_sweep_ctx(tmp_path, runs), list(runs), 'trigger_size',
+                               lambda c: c.size)
+  assert outcome.extras['schedules'] == ['badnets, 6 epochs', 'badnets, 6 epochs, no crop+flip',
+                                         'physical, 6 epochs, no crop+flip']
+  assert [Path(r['ckpt']).name for r in outcome.record['rows']] == ['b3', 'b5', 'n3', 'p3']
+  out = reproduce.render(tmp_path, 'trigger_size', outcome, 'cmd')
+  assert '| p3 | 3 | physical, 6 epochs, no crop+flip | 1.000 |' in (tmp_path / 'trigger_size.md').read_text()
+  assert out['rows'][3]['attack'] == 'physical' and out['rows'][3]['augment'] is False

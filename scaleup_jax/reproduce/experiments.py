@@ -695,22 +695,36 @@ def _existing(paths, flag: str, what: str) -> list[Path]:
   return [Path(p) for p in paths]
 
 
+def schedule_name(config) -> str:
+  """How a sweep model was trained, as one label: attack, epochs, and crop+flip if off."""
+  attack = getattr(config, 'attack', 'badnets')
+  epochs = getattr(config, 'num_epochs', None)
+  augment = getattr(config, 'augment', True)
+  return (f'{attack}, {"?" if epochs is None else int(epochs)} epochs'
+          + ('' if augment else ', no crop+flip'))
+
+
 def _sweep(ctx: Context, paths: list[Path], x_name: str, getter,
            all_poisoned: bool = False) -> Outcome:
   """SCALE-UP AUROC per model of a sweep; with ``all_poisoned`` also with every
   triggered image as a positive (columns ``'<mode> (all)'``).
 
-  Rows are sorted by training schedule (epochs), then by ``x_name``: models
-  trained on different schedules are different curves, never one line.
-  ``extras`` names the columns (``modes``) and the schedules in order.
+  Rows are sorted by training schedule (:func:`schedule_name`: attack, epochs,
+  crop+flip), then by ``x_name``: models trained on different schedules are
+  different curves, never one line. ``extras`` names the columns (``modes``)
+  and the schedules in order.
   """
   modes = ['data-free', 'data-limited']
   rows = []
   for p in paths:
     ev = ctx.eval_set(p)
-    epochs = getattr(ev.run.config, 'num_epochs', None)
-    row = {'ckpt': str(p), x_name: getter(ev.run.config),
+    config = ev.run.config
+    epochs = getattr(config, 'num_epochs', None)
+    row = {'ckpt': str(p), x_name: getter(config),
+           'attack': getattr(config, 'attack', 'badnets'),
            'epochs': None if epochs is None else int(epochs),
+           'augment': bool(getattr(config, 'augment', True)),
+           'schedule': schedule_name(config),
            'asr': float(np.mean(ctx.labels(p)['poisoned'][:, 0] == ev.run.target))}
     if row['asr'] > 0:
       row.update(_aurocs(ctx.scaleup_scores(p)))
@@ -720,26 +734,31 @@ def _sweep(ctx: Context, paths: list[Path], x_name: str, getter,
       row.update({f'{m} (all)': v for m, v in
                   _aurocs(ctx.scaleup_scores(p, all_poisoned=True)).items()})
     rows.append(row)
-  rows.sort(key=lambda r: (r['epochs'] is None, r['epochs'] or 0, r[x_name]))
-  schedules = list(dict.fromkeys(r['epochs'] for r in rows))
+  rows.sort(key=lambda r: (r['attack'] != 'badnets', r['attack'], not r['augment'],
+                           r['epochs'] is None, r['epochs'] or 0, r[x_name]))
+  schedules = list(dict.fromkeys(r['schedule'] for r in rows))
   if all_poisoned:
     modes += [f'{m} (all)' for m in modes]
   return Outcome({'rows': rows}, {'x_name': x_name, 'all_poisoned': all_poisoned, 'modes': modes,
                                   'schedules': schedules})
 
 
+SWEEP_ATTACKS = {'rate': ('badnets',), 'size': ('badnets', 'physical')}  # Fig. 7b, Fig. 7a
+
+
 def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
-  """Finished BadNets sweep runs under ``sweeps``: ``kind='rate'`` gives those
-  with the sweep's base trigger size, ``kind='size'`` those with its base rate
-  (:data:`SWEEP_BASE_SIZE`, :data:`SWEEP_BASE_RATE`, the base point of
-  ``train/configs/badnets_sweep_resnet20.py``)."""
+  """Finished sweep runs under ``sweeps``: ``kind='rate'`` gives the BadNets
+  runs with the sweep's base trigger size, ``kind='size'`` the BadNets and
+  PhysicalBA runs with its base rate (:data:`SWEEP_BASE_SIZE`,
+  :data:`SWEEP_BASE_RATE`, the base point of
+  ``train/configs/badnets_sweep_resnet20.py``; :data:`SWEEP_ATTACKS`)."""
   if not Path(sweeps).is_dir():
     return []
   out = []
   for p in compare_lib.zoo_attacked_models(sweeps):
     config = json.loads((p / 'config.json').read_text())
     size = (config.get('attack_kwargs') or {}).get('size')
-    if config.get('attack') != 'badnets':
+    if config.get('attack') not in SWEEP_ATTACKS[kind]:
       continue
     if (kind == 'rate' and size == SWEEP_BASE_SIZE) or (
         kind == 'size' and np.isclose(config.get('poison_rate', -1), SWEEP_BASE_RATE)):

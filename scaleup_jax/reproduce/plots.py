@@ -186,13 +186,13 @@ def sweep(record: dict, extras: dict) -> Figure:
   rows, x_name = record['rows'], extras['x_name']
   modes, schedules, all_poisoned = extras['modes'], extras['schedules'], extras['all_poisoned']
   fig, ax = _line_axes(x_name.replace('_', ' '), 'AUROC')
-  for k, epochs in enumerate(schedules):
-    group = [r for r in rows if r['epochs'] == epochs]
+  for k, schedule in enumerate(schedules):
+    group = [r for r in rows if r['schedule'] == schedule]
     for i, mode in enumerate(modes):
       label = (mode.replace('(all)', '(all poisoned)') if i >= 2 else
                mode + (' (successful poisoned)' if all_poisoned else ''))
       if len(schedules) > 1:
-        label += f', {"?" if epochs is None else epochs} epochs'
+        label += f'; {schedule}'
       ax.plot([r[x_name] for r in group], [r[mode] for r in group],
               (('o', '^', 'D', 'v') if i < 2 else ('s', '<', 'p', '>'))[k % 4]
               + ('-' if i < 2 else '--'),

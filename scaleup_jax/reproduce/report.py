@@ -179,15 +179,16 @@ def sweep(record: dict, extras: dict) -> list[str]:
   if extras['all_poisoned']:
     lines += ['Positives: the poisoned test images the model sends to the target (successful), '
               'and, in the "(all)" columns, every triggered non-target test image.', '']
-  lines += [f'| model | {x_name} | epochs | ASR |{head}', '|---|---:|---:|---:|' + '---:|' * len(modes)]
-  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {'?' if r['epochs'] is None else r['epochs']} "
+  lines += [f'| model | {x_name} | schedule | ASR |{head}', '|---|---:|---|---:|' + '---:|' * len(modes)]
+  lines += [f"| {Path(r['ckpt']).name} | {r[x_name]:g} | {r['schedule']} "
             f"| {r['asr']:.3f} |" + ''.join(f' {_fmt(r[m])} |' for m in modes) for r in rows]
   if any(np.isnan(r[modes[0]]) for r in rows):
     lines += ['', '–: the model sends no poisoned image to the target (ASR 0), so there is no '
               'successful poisoned image to detect.']
   if len(extras['schedules']) > 1:
-    lines += ['', 'Rows are grouped by training schedule (epochs); compare points within a '
-              'schedule. A longer schedule is used where the backdoor did not form in the short one.']
+    lines += ['', 'Rows are grouped by training schedule (attack, epochs, crop+flip); compare '
+              'points within a schedule. A longer schedule, or one without crop+flip, is used '
+              'where the backdoor did not form in the short one.']
   return lines
 
 
