@@ -7,7 +7,7 @@
 
 Experiments: table1, fig2, fig3, roc, ablation_scales, ablation_defense_size,
 ablation_noise, poison_rate (--rate_ckpts), trigger_size (--size_ckpts), multi_label
-(--multi_label_ckpts), adaptive (--adaptive_ckpt), robustness (--robustness_ckpts); those whose models are missing are reported as skipped.
+(--multi_label_ckpts), multi_trigger (--multi_trigger_ckpts), adaptive (--adaptive_ckpt), robustness (--robustness_ckpts); those whose models are missing are reported as skipped.
 Writes reproduce.json, summary.md and one .md table and .png figure per
 experiment under --out.
 """
@@ -36,6 +36,7 @@ flags.DEFINE_list('noise_stds', None, 'ablation_noise: Gaussian noise stds (defa
 flags.DEFINE_list('rate_ckpts', [], 'poison_rate: attacked models trained at several poisoning rates.')
 flags.DEFINE_list('size_ckpts', [], 'trigger_size: attacked models trained with several trigger sizes.')
 flags.DEFINE_list('multi_label_ckpts', [], 'multi_label: models with several infected labels (default: zoo/sweeps/multi_label_k*).')
+flags.DEFINE_list('multi_trigger_ckpts', [], 'multi_trigger: models with several triggers for one label (default: zoo/sweeps/multi_label_k1 and multi_trigger_k*).')
 flags.DEFINE_string('adaptive_ckpt', None, 'adaptive: a model trained with the adaptive attack.')
 flags.DEFINE_list('robustness_ckpts', [], 'robustness: models to test on noisy inputs (default: the BadNets and PhysicalBA models of --ckpts).')
 flags.DEFINE_list('robustness_stds', None, 'robustness: Gaussian noise stds on the inputs (default 0,0.005,0.01,0.02,0.03,0.05,0.1).')

@@ -135,7 +135,8 @@ def test_noise_label_matrix_is_batch_invariant_and_exact_at_zero(tiny_model):
 def test_one_registry_names_every_experiment_with_its_three_parts():
   assert list(reproduce.EXPERIMENTS) == [
       'table1', 'fig2', 'fig3', 'roc', 'ablation_scales', 'ablation_defense_size',
-      'ablation_noise', 'poison_rate', 'trigger_size', 'multi_label', 'adaptive', 'robustness']
+      'ablation_noise', 'poison_rate', 'trigger_size', 'multi_label', 'multi_trigger', 'adaptive',
+      'robustness']
   for name, e in reproduce.EXPERIMENTS.items():
     assert e.compute.__module__ == 'scaleup_jax.reproduce.experiments', name
     assert e.table.__module__ == 'scaleup_jax.reproduce.report', name

@@ -57,7 +57,7 @@ from scaleup_jax import compare as compare_lib
 from scaleup_jax import detectors as detectors_lib
 from scaleup_jax import evaluate, integrity, scaleup
 from scaleup_jax import paper as paper_lib
-from scaleup_jax import paths
+from scaleup_jax import paths, poison
 from scaleup_jax.batching import map_batches
 from scaleup_jax.metrics import auroc, detection_metrics, roc_points
 from scaleup_jax.validation import InputError, check_images, check_scales
@@ -71,6 +71,7 @@ SWEEP_BASE_RATE = 0.1
 SWEEP_BASE_SIZE = 3
 ADAPTIVE_CKPT = ZOO / 'cifar10_adaptive_resnet20'
 MULTI_LABEL_PREFIX = 'multi_label_k'  # zoo/sweeps/multi_label_k<k> (train/configs/multi_label_resnet20.py)
+MULTI_TRIGGER_PREFIX = 'multi_trigger_k'  # zoo/sweeps/multi_trigger_k<k> (multi_trigger_resnet20.py)
 DEFAULT_SCALES = tuple(float(s) for s in scaleup.DEFAULT_SCALES)
 ALL_SCALES = (3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0)
 SCALE_SETS = tuple(ALL_SCALES[:k] for k in (1, 2, 3, 4, 5)) + (ALL_SCALES,)
@@ -135,6 +136,7 @@ class ReproduceOptions:
   adaptive_noise_stds: tuple | None = None  # adaptive: noise added to poisoned images
   rate_ckpts: tuple = ()  # poison_rate: attacked models trained at several rates
   multi_label_ckpts: tuple = ()  # multi_label: models with several infected labels (App. H)
+  multi_trigger_ckpts: tuple = ()  # multi_trigger: models with several triggers, one label (App. G)
   size_ckpts: tuple = ()  # trigger_size: attacked models with several trigger sizes
   adaptive_ckpt: str | None = None  # adaptive: the adaptive-attack model (Eq. 5)
   robustness_ckpts: tuple = ()  # robustness: models to test (): the BadNets/PhysicalBA of ckpts
@@ -892,6 +894,74 @@ def multi_label(ctx: Context) -> Outcome:
   rows.sort(key=lambda r: (r['epochs'], r['num_infected']))
   return Outcome({'rows': rows, 'paper_all_labels_auroc': {
       'value': PAPER_ALL_LABELS_AUROC[0], 'relation': '>=', 'source': PAPER_ALL_LABELS_AUROC[1]}})
+
+
+def multi_trigger_models(sweeps: Path = SWEEPS) -> list[Path]:
+  """Finished runs ``sweeps/multi_trigger_k*`` (train/configs/multi_trigger_resnet20.py),
+  after ``sweeps/multi_label_k1``, their one-trigger point (the same recipe), if finished."""
+  if not Path(sweeps).is_dir():
+    return []
+  runs = compare_lib.zoo_attacked_models(sweeps)
+  return ([p for p in runs if p.name == f'{MULTI_LABEL_PREFIX}1']
+          + [p for p in runs if p.name.startswith(MULTI_TRIGGER_PREFIX)])
+
+
+def trigger_of_each_image(trigger, n: int) -> np.ndarray:
+  """``(n,)``: which trigger of ``trigger`` stamps each of ``n`` images
+  (:class:`scaleup_jax.poison.MultiTrigger` cycles, ``i % k``; one trigger: all 0)."""
+  k = len(trigger.triggers) if isinstance(trigger, poison.MultiTrigger) else 1
+  return np.arange(n) % k
+
+
+def multi_trigger(ctx: Context) -> Outcome:
+  """SCALE-UP on models whose one target is reached by several triggers (paper App. G, Fig. 9).
+
+  The poisoned evaluation images cycle through a model's triggers
+  (:class:`scaleup_jax.poison.MultiTrigger`), so each trigger stamps every
+  ``k``-th one. Per trigger: its ASR and the AUROC of its successful images
+  against the one benign set; pooled: every successful poisoned image.
+  """
+  o = ctx.opts
+  explicit = o.multi_trigger_ckpts
+  paths = _existing(explicit or ([] if o.quick else multi_trigger_models()), '--multi_trigger_ckpts',
+                    'models with several triggers for one label '
+                    '(train/configs/multi_trigger_resnet20.py)'
+                    + ('' if explicit or o.quick else f'; none finished under '
+                       f'{_rel(SWEEPS, Path.cwd())}/{MULTI_TRIGGER_PREFIX}*'))
+  modes = ('data-free', 'data-limited')
+  rows = []
+  for p in paths:
+    ev, lms = ctx.eval_set(p), ctx.labels(p)
+    run = ev.run
+    if ev.protocol is not None:
+      raise AssertionError(f'{p}: protocol {ev.protocol!r} filters the poisoned images; which '
+                           'trigger stamped which is lost')
+    which = trigger_of_each_image(run.trigger, ev.num_poisoned)
+    k = int(which.max()) + 1
+    hit = lms['poisoned'][:, 0] == run.target
+    scores = _scores_from_labels(lms, run.target, ev.test.num_classes, DEFAULT_SCALES,
+                                 all_poisoned=True)  # every triggered image, in order
+    row = {'ckpt': str(p), 'num_triggers': k, 'target': int(run.target),
+           'epochs': int(run.config.num_epochs),
+           'poison_rate': float(run.config.poison_rate),
+           'ba': float(np.mean(lms['benign'][:, 0] == ev.benign.labels)),
+           'asr': float(np.mean(hit)),
+           'asr_per_trigger': [float(np.mean(hit[which == i])) for i in range(k)],
+           'num_per_trigger': [int(np.sum(which == i)) for i in range(k)],
+           'num_positives_per_trigger': [int(np.sum(hit & (which == i))) for i in range(k)],
+           'per_trigger': {m: [] for m in modes}}
+    for m in modes:
+      benign, pois = scores[m]
+      row[m] = detection_metrics(benign, pois[hit])['auroc'] if hit.any() else float('nan')
+      for i in range(k):
+        sel = hit & (which == i)
+        row['per_trigger'][m].append(
+            detection_metrics(benign, pois[sel])['auroc'] if sel.any() else float('nan'))
+    rows.append(row)
+  rows.sort(key=lambda r: (r['epochs'], r['num_triggers']))
+  paper = paper_lib.TEXT['multi_trigger_asr']
+  return Outcome({'rows': rows, 'paper': {'asr_per_trigger': paper.value, 'relation': paper.relation,
+                                          'source': paper.source, 'quote': paper.quote}})
 
 
 ROBUSTNESS_ATTACKS = ('badnets', 'physical')  # App. L tests these two (robust to noise, Sec. 5.3.3)

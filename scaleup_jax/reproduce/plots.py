@@ -227,6 +227,27 @@ def multi_label(record: dict, extras: dict) -> Figure:
   return fig
 
 
+def multi_trigger(record: dict, extras: dict) -> Figure:
+  """Pooled AUROC against the number of triggers; bars span the per-trigger AUROCs."""
+  del extras
+  rows = record['rows']
+  fig, ax = _line_axes('triggers into the one target label', 'AUROC')
+  x = np.array([r['num_triggers'] for r in rows], float)
+  for i, mode in enumerate(('data-free', 'data-limited')):
+    y = np.array([r[mode] for r in rows])
+    lo, hi = [], []
+    for r, yy in zip(rows, y):
+      vals = [v for v in r['per_trigger'][mode] if not np.isnan(v)] or [yy]
+      lo.append(yy - min(vals))
+      hi.append(max(vals) - yy)
+    ax.errorbar(x + (i - 0.5) * 0.05, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
+                fmt='o-', capsize=3, color=('tab:blue', 'tab:orange')[i],
+                label=f'{mode} (pooled; bars: per trigger)')
+  ax.set_xticks(sorted(set(x)))
+  ax.legend(fontsize=7)
+  return fig
+
+
 def adaptive(record: dict, extras: dict) -> Figure:
   """ASR under noise, and what noise alone sends to the target, per model."""
   fig, ax = _line_axes('Gaussian noise std', 'fraction predicted as the target')

@@ -237,6 +237,31 @@ def multi_label(record: dict, extras: dict) -> list[str]:
   return lines
 
 
+def multi_trigger(record: dict, extras: dict) -> list[str]:
+  """Pooled and per-trigger ASR and AUROC per model, by the number of triggers."""
+  del extras
+  paper = record['paper']
+  lines = ['The poisoned evaluation images cycle through the triggers. Pooled: every successful '
+           'poisoned image; per trigger: min–max over the triggers.', '',
+           '| model | triggers | poisoning rate | epochs | BA | ASR per trigger | AUROC data-free '
+           '(pooled / per trigger) | AUROC data-limited (pooled / per trigger) |',
+           '|---|---:|---:|---:|---:|---|---:|---:|']
+  for r in record['rows']:
+    spread = {}
+    for m in ('data-free', 'data-limited'):
+      vals = [v for v in r['per_trigger'][m] if not np.isnan(v)]
+      spread[m] = f'{min(vals):.3f}–{max(vals):.3f}' if vals else '–'
+    asr = ' '.join(f'{a:.3f}' for a in r['asr_per_trigger'])
+    lines.append(f"| {Path(r['ckpt']).name} | {r['num_triggers']} | {r['poison_rate']:g} | "
+                 f"{r['epochs']} | {r['ba']:.3f} | {asr} | {_fmt(r['data-free'])} / "
+                 f"{spread['data-free']} | {_fmt(r['data-limited'])} / {spread['data-limited']} |")
+  lines += ['', f"Paper ({paper['source']}; CIFAR-10 and Tiny ImageNet, ResNet-34, mixed trigger "
+            f"types, each trigger at ASR {paper['relation']} {paper['asr_per_trigger']:.0%}): no "
+            'AUROC in the text; "SCALE-UP performs resilient to the increasing number of injected '
+            'backdoor triggers".']
+  return lines
+
+
 def robustness(record: dict, extras: dict) -> list[str]:
   """BA, ASR and AUROC per noise std, noisy benign vs noisy poisoned, per model."""
   del extras

@@ -69,6 +69,9 @@ EXPERIMENTS: dict[str, Experiment] = {
                                report.sweep, plots.sweep),
     'multi_label': Experiment('AUROC vs the share of infected labels (paper App. H, Fig. 10)',
                               ex.multi_label, report.multi_label, plots.multi_label),
+    'multi_trigger': Experiment('AUROC vs the number of triggers into one label (paper App. G, '
+                                'Fig. 9)', ex.multi_trigger, report.multi_trigger,
+                                plots.multi_trigger),
     'adaptive': Experiment('Adaptive attack: AUROC and ASR under Gaussian noise (paper Fig. 7)',
                            ex.adaptive, report.adaptive, plots.adaptive),
     'robustness': Experiment('SCALE-UP on noisy benign and noisy poisoned inputs (paper App. L, '
