@@ -38,6 +38,11 @@ NO_DOWNLOAD_ENV = 'SCALEUP_JAX_NO_DOWNLOAD'
 # The official archive (tfds registers its checksum); overridable for mirrors and tests.
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 URL_ENV = 'SCALEUP_JAX_CIFAR10_URL'
+# Tiny ImageNet (paper Table 2): 200 classes of 64x64 images; no tfds builder ships it.
+TINY_IMAGENET_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
+TINY_IMAGENET_ENV = 'SCALEUP_JAX_TINY_IMAGENET'  # a local tiny-imagenet-200.zip, or a URL
+TINY_IMAGENET_SHAPE = (64, 64, 3)
+PREPARABLE = ('cifar10', 'tiny_imagenet')
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -114,8 +119,95 @@ def _cifar10_builder_class():
   return Cifar10Builder
 
 
+def _tiny_imagenet_builder_class():
+  """A TensorFlow-free tfds builder for Tiny ImageNet (defined lazily).
+
+  Reads the official ``tiny-imagenet-200.zip``: ``train/<wnid>/images/*.JPEG``
+  (500 per class) is the ``train`` split, the labelled ``val/`` images
+  (``val/val_annotations.txt``, 50 per class) the ``test`` split, as in the
+  paper and BackdoorBox; the unlabelled ``test/`` folder is not used. Labels are
+  the line numbers of ``wnids.txt``. Grey-scale JPEGs are converted to RGB, and
+  every image is stored as a lossless PNG of its decoded pixels.
+  """
+  import zipfile
+
+  import tensorflow_datasets as tfds
+  from PIL import Image
+
+  class TinyImagenetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """``tiny_imagenet`` 1.0.0: ``{'id', 'image' (64, 64, 3), 'label' (200)}``."""
+
+    name = 'tiny_imagenet'
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description='Tiny ImageNet: 200 ImageNet classes, 64x64, 500 train and 50 '
+                      'validation images per class (the validation images are the test split).',
+          features=tfds.features.FeaturesDict({
+              'id': tfds.features.Text(),
+              'image': tfds.features.Image(shape=TINY_IMAGENET_SHAPE),
+              'label': tfds.features.ClassLabel(num_classes=200),
+          }),
+          supervised_keys=('image', 'label'),
+          homepage='http://cs231n.stanford.edu/')
+
+    def _split_generators(self, dl_manager):
+      source = tiny_imagenet_source()
+      archive = Path(source) if Path(source).is_file() else dl_manager.download(source)
+      with zipfile.ZipFile(archive) as z:
+        root = _zip_root(z)
+        wnids = z.read(f'{root}wnids.txt').decode().split()
+        if len(wnids) != 200:
+          raise DatasetNotFoundError(f'{archive}: wnids.txt names {len(wnids)} classes, not 200')
+        self.info.features['label'].names = wnids
+        index = {w: i for i, w in enumerate(wnids)}
+        train = sorted(n for n in z.namelist() if n.startswith(f'{root}train/')
+                       and n.lower().endswith('.jpeg'))
+        val = [line.split('\t')[:2] for line in
+               z.read(f'{root}val/val_annotations.txt').decode().splitlines() if line.strip()]
+      train_items = [(n, index[n[len(f'{root}train/'):].split('/')[0]]) for n in train]
+      val_items = [(f'{root}val/images/{f}', index[w]) for f, w in val]
+      return {'train': self._records(archive, train_items),
+              'test': self._records(archive, val_items)}
+
+    def _generate_examples(self, *args):  # _split_generators yields the examples itself
+      raise NotImplementedError
+
+    def _records(self, archive, items):
+      with zipfile.ZipFile(archive) as z:
+        for member, label in items:
+          img = Image.open(io.BytesIO(z.read(member))).convert('RGB')
+          if img.size != TINY_IMAGENET_SHAPE[:2]:
+            raise DatasetNotFoundError(f'{archive}: {member} is {img.size}, not 64x64')
+          png = io.BytesIO()
+          img.save(png, 'PNG')
+          png.seek(0)
+          yield member, {'id': member.rsplit('/', 1)[-1], 'label': label, 'image': png}
+
+  return TinyImagenetBuilder
+
+
+def _zip_root(z) -> str:
+  """``'tiny-imagenet-200/'`` (or ``''``): the folder of ``wnids.txt`` in the archive."""
+  for n in z.namelist():
+    if n.endswith('wnids.txt'):
+      return n[: -len('wnids.txt')]
+  raise DatasetNotFoundError(f'{z.filename}: no wnids.txt; not a tiny-imagenet-200.zip archive')
+
+
+def tiny_imagenet_source() -> str:
+  """``$SCALEUP_JAX_TINY_IMAGENET`` (a local zip or a URL), else the official URL."""
+  return os.environ.get(TINY_IMAGENET_ENV) or TINY_IMAGENET_URL
+
+
 def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
   """Downloads and prepares ``name`` into ``data_dir`` (tfds layout); returns its directory.
+
+  ``cifar10`` comes from the official archive (``$SCALEUP_JAX_CIFAR10_URL``
+  overrides the URL); ``tiny_imagenet`` from ``tiny-imagenet-200.zip``, a local
+  file or URL in ``$SCALEUP_JAX_TINY_IMAGENET``, else the official URL.
 
   Raises:
     DatasetNotFoundError: offline (the host probe fails within seconds), or
@@ -123,18 +215,25 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pat
       a copy.
   """
   path = resolve_data_dir(data_dir)
-  if name != 'cifar10':
+  if name not in PREPARABLE:
     raise DatasetNotFoundError(
-        f'tfds dataset {name!r} is not prepared under {str(path)!r} and only cifar10 is '
-        'prepared automatically; prepare it with tfds (`tfds build`) and point --data_dir at it')
-  url = cifar10_url()
-  reason = probe_url(url)
+        f'tfds dataset {name!r} is not prepared under {str(path)!r} and only {PREPARABLE} '
+        'are prepared automatically; prepare it with tfds (`tfds build`) and point --data_dir '
+        'at it')
+  if name == 'tiny_imagenet':
+    url, hint = tiny_imagenet_source(), (f'set ${TINY_IMAGENET_ENV} to a local copy of '
+                                         f'tiny-imagenet-200.zip ({TINY_IMAGENET_URL})')
+    builder_class = _tiny_imagenet_builder_class()
+  else:
+    url, hint = cifar10_url(), f'set ${URL_ENV} to a mirror of {CIFAR10_URL}'
+    builder_class = _cifar10_builder_class()
+  reason = None if Path(url).is_file() else probe_url(url)
   if reason is not None:
     raise DatasetNotFoundError(
         f'tfds dataset {name!r} is not prepared under {str(path)!r} and cannot be downloaded: '
         f'{reason}. Point --data_dir or $TFDS_DATA_DIR at a tfds data directory that holds '
-        f'it (or set ${URL_ENV} to a mirror of {CIFAR10_URL}).')
-  builder = _cifar10_builder_class()(data_dir=str(path))
+        f'it (or {hint}).')
+  builder = builder_class(data_dir=str(path))
   try:
     builder.download_and_prepare(file_format='array_record')
   except Exception as e:  # network and checksum errors come in many types

@@ -31,10 +31,11 @@ NUM_CLASSES = 10
 ATTACKS = ('badnets', 'label_consistent', 'physical', 'tuap', 'wanet', 'issba', 'adaptive')
 
 
-def target_for(attack: str, seed: int = TARGET_SEED, avoid=SATURATION_CLASSES) -> int:
+def target_for(attack: str, seed: int = TARGET_SEED, avoid=SATURATION_CLASSES,
+               num_classes: int = NUM_CLASSES) -> int:
   """The v2 target of ``attack``: a draw keyed by ``seed`` and the attack's name."""
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(attack.encode()) & 0x7FFFFFFF)
-  return poison.draw_target(key, NUM_CLASSES, avoid)
+  return poison.draw_target(key, num_classes, avoid)
 
 
 def get_config(arg: str = ''):
