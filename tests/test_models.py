@@ -58,3 +58,19 @@ def test_vgg_batch_norm_trains_and_evaluates():
   after = jax.tree.leaves(updates['batch_stats'])
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
   assert model.apply(variables, x).shape == (4, 7)
+
+
+@pytest.mark.parametrize('name', ['clean', 'badnets', 'wanet', 'issba'])
+def test_vgg_configs_are_the_v2_recipes_on_the_small_vgg(name):
+  from train.configs import clean_resnet20, v2, vgg_small
+  config = vgg_small.get_config(name)
+  ref = clean_resnet20.get_config() if name == 'clean' else v2.get_config(name)
+  assert config.model == 'vgg11_bn_small' and ref.model == 'resnet20'
+  ref.model = config.model
+  assert config.to_dict() == ref.to_dict()  # same target, trigger, rate and schedule
+
+
+def test_vgg_config_names_its_choices():
+  from train.configs import vgg_small
+  with pytest.raises(InputError, match='vgg_small config takes one of'):
+    vgg_small.get_config('resnet')
