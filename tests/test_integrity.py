@@ -208,6 +208,8 @@ def test_missing_manifest_warning_is_one_line(tmp_path):
 
 
 ZOO_DIRS = sorted([p for p in (ROOT / 'zoo').glob('cifar10_*') if p.is_dir()] +
+                  [p for p in (ROOT / 'zoo' / 'v2').glob('cifar10_*') if p.is_dir()] +
+                  [p for p in (ROOT / 'zoo' / 'vgg').glob('*') if p.is_dir()] +
                   [p for p in (ROOT / 'zoo' / 'sweeps').glob('*') if p.is_dir()])
 
 
