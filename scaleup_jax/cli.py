@@ -61,7 +61,8 @@ SHARED_FLAGS = {
     'progress': ('bool', True, 'Show progress bars.'),
     'protocol': ('string', None, "'paper': the paper's evaluation sets (Sec. 5.1): one uniform "
                  "noisy copy (0.02 U[0,1), the official code's) of every benign and successfully "
-                 'attacked image, 100 defender images per class.'),
+                 "attacked image, 100 defender images per class; 'paper_tiny_imagenet': the same "
+                 'with 20 defender images per class (its test split has 50).'),
     'jpeg_match': ('bool', False, 'Re-encode the poisoned test images as JPEG (quality 75, '
                    '4:2:0), like the offline CIFAR-10 copy.'),
 }

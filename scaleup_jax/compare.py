@@ -151,11 +151,13 @@ def image_count(num_images: int) -> str:
 def protocol_words(summary: dict) -> str:
   """The evaluation sets of a summary's settings, as a clause for captions."""
   words = ('positives are the poisoned images the attack fooled')
-  if summary.get('protocol') == 'paper':
-    p = evaluate.PROTOCOLS['paper']
+  if summary.get('protocol') in evaluate.PAPER_PROTOCOLS:
+    p = evaluate.PROTOCOLS[summary['protocol']]
     words = (f"the paper's evaluation sets (Sec. 5.1): the negatives and the successfully "
              f"attacked positives each with {p['noise_copies']} noisy copy "
-             f"({p['noise_magnitude']}·U[0,1)), copies that no longer reach the target dropped")
+             f"({p['noise_magnitude']}·U[0,1)), copies that no longer reach the target dropped"
+             + ('' if summary['protocol'] == 'paper' else
+                f"; {p['num_defense_per_class']} defender images per class"))
   if summary.get('jpeg_match'):
     words += '; poisoned images JPEG re-encoded at the dataset\'s quality (75) before scoring'
   return words

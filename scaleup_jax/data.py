@@ -223,6 +223,9 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pat
   if name == 'tiny_imagenet':
     url, hint = tiny_imagenet_source(), (f'set ${TINY_IMAGENET_ENV} to a local copy of '
                                          f'tiny-imagenet-200.zip ({TINY_IMAGENET_URL})')
+    if not urllib.parse.urlsplit(url).scheme and not Path(url).is_file():
+      raise DatasetNotFoundError(f'${TINY_IMAGENET_ENV} names {url!r}, which is not a file (nor '
+                                 'a URL); point it at tiny-imagenet-200.zip')
     builder_class = _tiny_imagenet_builder_class()
   else:
     url, hint = cifar10_url(), f'set ${URL_ENV} to a mirror of {CIFAR10_URL}'
@@ -309,7 +312,8 @@ def load_split(
 
   path = resolve_data_dir(data_dir)
   if _find_prepared(name, path) is None:
-    if not download_allowed(download):
+    local = name == 'tiny_imagenet' and Path(tiny_imagenet_source()).is_file()
+    if not local and not download_allowed(download):  # a local archive needs no network
       raise DatasetNotFoundError(
           f'tfds dataset {name!r} is not prepared under {str(path)!r} (looked for '
           f'{str(path / name)}/<version>/dataset_info.json) and downloading is off '

@@ -1,13 +1,15 @@
 """Tiny ImageNet (paper Table 2): the TensorFlow-free tfds builder, on a fake archive of the real layout."""
 
 import io
+import re
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from scaleup_jax import data
+from conftest import ROOT
+from scaleup_jax import compare, data
 from scaleup_jax.validation import InputError
 
 WNIDS = [f'n{i:08d}' for i in range(200)]
@@ -76,6 +78,21 @@ def test_tiny_imagenet_archive_that_is_not_one_is_named(tmp_path, monkeypatch):
     data.load_split('tiny_imagenet', 'train', data_dir=tmp_path / 'tfds')
 
 
+def test_tiny_imagenet_local_archive_needs_no_download(tmp_path, monkeypatch):
+  archive = tmp_path / 'tiny-imagenet-200.zip'
+  fake_archive(archive)
+  monkeypatch.setenv(data.TINY_IMAGENET_ENV, str(archive))
+  ds = data.load_split('tiny_imagenet', 'test', data_dir=tmp_path / 'tfds', download=False)
+  assert len(ds) == 6
+
+
+def test_tiny_imagenet_mistyped_local_path_is_named(tmp_path, monkeypatch):
+  monkeypatch.setenv(data.TINY_IMAGENET_ENV, str(tmp_path / 'tiny-imagenet-200.zp'))
+  monkeypatch.delenv(data.NO_DOWNLOAD_ENV, raising=False)
+  with pytest.raises(data.DatasetNotFoundError, match=r"tiny-imagenet-200.zp', which is not a file"):
+    data.load_split('tiny_imagenet', 'train', data_dir=tmp_path / 'tfds')
+
+
 def test_tiny_imagenet_offline_without_a_copy_says_how_to_get_one(tmp_path, monkeypatch):
   monkeypatch.setenv(data.TINY_IMAGENET_ENV, 'http://127.0.0.1:9/tiny-imagenet-200.zip')
   monkeypatch.delenv(data.NO_DOWNLOAD_ENV, raising=False)
@@ -108,7 +125,7 @@ def test_tiny_imagenet_quick_run_end_to_end(tmp_path, monkeypatch):
   from scaleup_jax import checkpoint, train
   from train.configs import tiny_imagenet
   archive = tmp_path / 'tiny-imagenet-200.zip'
-  fake_archive(archive, per_class=12)
+  fake_archive(archive, per_class=48)  # 25 test images per class: 20 defender, 5 scored
   monkeypatch.setenv(data.TINY_IMAGENET_ENV, str(archive))
   monkeypatch.delenv(data.NO_DOWNLOAD_ENV, raising=False)
   config = tiny_imagenet.get_config('badnets,quick')
@@ -122,4 +139,14 @@ def test_tiny_imagenet_quick_run_end_to_end(tmp_path, monkeypatch):
   x = np.zeros((2, 64, 64, 3), np.float32)
   assert run.apply_fn(run.variables, x).shape == (2, 200)
   assert run.trigger.apply(x).shape == x.shape
+  # The evaluation settings of train/tiny_imagenet_table2.sh work on Tiny ImageNet's test split.
+  script = (ROOT / 'train' / 'tiny_imagenet_table2.sh').read_text()
+  protocol = re.search(r'eval\.compare .*--protocol (\S+)', script.replace('\\\n', ' ')).group(1)
+  num_images = int(re.search(r'--num_images (\d+)', script).group(1))
+  out = compare.compare(compare.CompareOptions(
+      ckpts=(str(work),), detectors=('scaleup',), protocol=protocol, num_images=num_images,
+      out=str(tmp_path / 'cmp'), progress=False, data_dir=config.data_dir))
+  assert out['results'][work.name]['scaleup']['num_benign'] == 2 * 15  # + one noisy copy each
+  detail = json.loads((tmp_path / 'cmp' / work.name / 'scaleup.json').read_text())
+  assert detail['num_defense'] == 20 * 3 and detail['protocol'] == 'paper_tiny_imagenet'
   assert int(np.asarray(run.trigger.mask).reshape(64, 64, -1)[..., 0].sum()) == 36  # 6x6 patch

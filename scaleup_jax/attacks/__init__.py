@@ -151,9 +151,11 @@ def _clean_label_indices(key, train, config) -> np.ndarray:
                                       include_target=True)
 
 
-def _load_clean_model(path: str):
+def _load_clean_model(path: str, num_classes: int):
+  """The clean model an attack crafts its trigger on; it must know the dataset's classes
+  (a CIFAR-10 model would craft a garbage trigger for a 200-class dataset, silently)."""
   from scaleup_jax import checkpoint as ckpt_lib
-  return ckpt_lib.load_run(paths.resolve_ckpt(path))
+  return ckpt_lib.load_run(paths.resolve_ckpt(path), num_classes=num_classes)
 
 
 def _info_file(workdir, kind: str, info: dict | None = None) -> dict:
@@ -397,7 +399,7 @@ def _label_consistent(key, train, config, kw, workdir):
   if cache is not None and cache.is_file():
     adv = load_poison_cache(cache, settings, idx)
   if adv is None:
-    clean = _load_clean_model(clean_ckpt)
+    clean = _load_clean_model(clean_ckpt, train.num_classes)
     adv = adversarial.pgd_dataset(k_pgd, clean.apply_fn, clean.variables, train.images[idx],
                                   train.labels[idx], progress=config.get('progress', True),
                                   **pgd)
@@ -422,7 +424,7 @@ def _tuap(key, train, config, kw, workdir):
   trigger = _cached_trigger(workdir, 'additive', settings)
   info = {'uap': dict(opts), 'clean_ckpt': str(clean_ckpt), 'settings': settings}
   if trigger is None:
-    clean = _load_clean_model(clean_ckpt)
+    clean = _load_clean_model(clean_ckpt, train.num_classes)
     n = min(int(opts.pop('uap_images')), len(train))
     sub = np.asarray(jax.random.permutation(jax.random.fold_in(key, 5), len(train)))[:n]
     delta = adversarial.targeted_uap(k_uap, clean.apply_fn, clean.variables, train.images[sub],

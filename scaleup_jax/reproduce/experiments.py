@@ -906,11 +906,16 @@ def multi_trigger_models(sweeps: Path = SWEEPS) -> list[Path]:
           + [p for p in runs if p.name.startswith(MULTI_TRIGGER_PREFIX)])
 
 
+def num_triggers(trigger) -> int:
+  """How many triggers ``trigger`` stamps in turn (:class:`scaleup_jax.poison.MultiTrigger`)."""
+  return len(trigger.triggers) if isinstance(trigger, poison.MultiTrigger) else 1
+
+
 def trigger_of_each_image(trigger, n: int) -> np.ndarray:
-  """``(n,)``: which trigger of ``trigger`` stamps each of ``n`` images
-  (:class:`scaleup_jax.poison.MultiTrigger` cycles, ``i % k``; one trigger: all 0)."""
-  k = len(trigger.triggers) if isinstance(trigger, poison.MultiTrigger) else 1
-  return np.arange(n) % k
+  """``(n,)``: which trigger of ``trigger`` stamps each of ``n`` images poisoned in one
+  call (:class:`scaleup_jax.poison.MultiTrigger` cycles, ``i % k``; one trigger: all 0).
+  :func:`scaleup_jax.evaluate.build_eval_arrays` poisons its images in one call."""
+  return np.arange(n) % num_triggers(trigger)
 
 
 def multi_trigger(ctx: Context) -> Outcome:
@@ -933,11 +938,11 @@ def multi_trigger(ctx: Context) -> Outcome:
   for p in paths:
     ev, lms = ctx.eval_set(p), ctx.labels(p)
     run = ev.run
-    if ev.protocol is not None:
+    if ev.protocol is not None:  # Context.eval_set sets none; a filter would lose the order
       raise AssertionError(f'{p}: protocol {ev.protocol!r} filters the poisoned images; which '
                            'trigger stamped which is lost')
     which = trigger_of_each_image(run.trigger, ev.num_poisoned)
-    k = int(which.max()) + 1
+    k = num_triggers(run.trigger)
     hit = lms['poisoned'][:, 0] == run.target
     scores = _scores_from_labels(lms, run.target, ev.test.num_classes, DEFAULT_SCALES,
                                  all_poisoned=True)  # every triggered image, in order

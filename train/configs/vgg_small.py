@@ -16,7 +16,7 @@ for a tiny run (which uses the tiny ResNet, as every quick config does).
 """
 
 from scaleup_jax.validation import InputError
-from train.configs import clean_resnet20, default, v2
+from train.configs import clean_resnet20, v2
 
 MODEL = 'vgg11_bn_small'
 ATTACKS = ('clean',) + v2.ATTACKS
@@ -30,6 +30,11 @@ def get_config(arg: str = ''):
     raise InputError(f'vgg_small config takes one of {ATTACKS} (and optionally ",quick"); '
                      f'got {arg!r}')
   name = names[0]
-  config = clean_resnet20.get_config() if name == 'clean' else v2.get_config(name)
-  config.model = MODEL
-  return default.quick(config) if quick else config
+  arg = 'quick' if quick else ''
+  if name == 'clean':
+    config = clean_resnet20.get_config(arg)
+  else:  # the attack's own quick shrinks (UAP, PGD and encoder steps) apply too
+    config = v2.get_config(f'{name},{arg}')
+  if not quick:
+    config.model = MODEL
+  return config
