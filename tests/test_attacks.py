@@ -377,3 +377,14 @@ def test_backdoor_metrics_of_a_partial_backdoor(sources, asr, num, non_source):
     assert 'asr_non_source' not in m
   else:
     assert m['asr_non_source'] == pytest.approx(non_source)
+
+
+@pytest.mark.parametrize('name', ['label_consistent', 'tuap'])
+def test_clean_label_attacks_refuse_a_clean_model_of_other_classes(name, tmp_path):
+  """A 10-class clean model cannot craft the trigger of a 20-class dataset (it would, silently,
+  with garbage: e.g. Tiny ImageNet with the CIFAR-10 model)."""
+  from scaleup_jax.checkpoint import CheckpointError
+  config = quick_config(name)
+  with pytest.raises(CheckpointError, match='has 10 classes, expected 20'):
+    attacks.build_poisoning(jax.random.key(0), toy_train(n=400, num_classes=20), config,
+                            workdir=tmp_path)
