@@ -199,8 +199,8 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   out = tmp_path / 'repro'
   cmd = [sys.executable, '-m', 'eval.reproduce', '--quick', '--ckpt', str(quick_run),
          '--clean_ckpt', str(quick_run), '--adaptive_ckpt', str(quick_run),
-         '--rate_ckpts', str(quick_run), '--multi_label_ckpts', str(quick_run), '--out', str(out),
-         '--noprogress']
+         '--rate_ckpts', str(quick_run), '--multi_label_ckpts', str(quick_run),
+         '--multi_trigger_ckpts', str(quick_run), '--out', str(out), '--noprogress']
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads((out / 'reproduce.json').read_text())
@@ -249,6 +249,10 @@ def test_quick_reproduce_end_to_end(quick_run, tmp_path):
   # One backdoor: the multi-label row is table1's SCALE-UP cell.
   (ml_row,) = exps['multi_label']['rows']
   assert ml_row['num_infected'] == 1 and ml_row['data-free'] == pytest.approx(free)
+  # One trigger: the multi-trigger row is that cell too, and its one trigger is the pool.
+  (mt_row,) = exps['multi_trigger']['rows']
+  assert mt_row['num_triggers'] == 1 and mt_row['data-free'] == pytest.approx(free)
+  assert mt_row['per_trigger']['data-limited'] == [pytest.approx(ml_row['data-limited'])]
   assert exps['adaptive']['models']['adaptive']['asr'][0] == pytest.approx(
       exps['adaptive']['models']['reference']['asr'][0])
   for r in exps['adaptive']['models'].values():
