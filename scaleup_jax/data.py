@@ -12,6 +12,9 @@ TensorFlow-free variant of tfds' ``cifar10`` builder (tfds' own one needs
 TensorFlow to read the archive). ``download=False``, or the environment variable
 ``SCALEUP_JAX_NO_DOWNLOAD=1``, forbids it. Offline, a probe of the download
 host fails within seconds with one line saying where the data was looked for.
+Tiny ImageNet (``'tiny_imagenet'``, the paper's Table 2) is prepared the same way
+from ``tiny-imagenet-200.zip``, a local file named by ``$SCALEUP_JAX_TINY_IMAGENET``
+(no network needed) or the official download.
 """
 
 from __future__ import annotations
