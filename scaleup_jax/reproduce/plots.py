@@ -204,22 +204,27 @@ def sweep(record: dict, extras: dict) -> Figure:
   return fig
 
 
+def _pooled_with_spread(ax, x, rows, parts: str, what: str, dodge: float) -> None:
+  """Pooled AUROC per mode at ``x``; bars span the non-NaN AUROCs of ``row[parts][mode]``."""
+  for i, mode in enumerate(('data-free', 'data-limited')):
+    y = np.array([r[mode] for r in rows])
+    lo, hi = [], []
+    for r, yy in zip(rows, y):
+      vals = [v for v in r[parts][mode] if not np.isnan(v)] or [yy]
+      lo.append(yy - min(vals))
+      hi.append(max(vals) - yy)
+    ax.errorbar(x + (i - 0.5) * dodge, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
+                fmt='o-', capsize=3, color=('tab:blue', 'tab:orange')[i],
+                label=f'{mode} (pooled; bars: {what})')
+
+
 def multi_label(record: dict, extras: dict) -> Figure:
   """Pooled AUROC against the share of infected labels; bars span the per-label AUROCs."""
   del extras
   rows = record['rows']
   fig, ax = _line_axes('share of infected labels', 'AUROC')
   x = np.array([r['share'] for r in rows])
-  for i, mode in enumerate(('data-free', 'data-limited')):
-    y = np.array([r[mode] for r in rows])
-    lo, hi = [], []
-    for r, yy in zip(rows, y):
-      vals = [v for v in r['per_label'][mode] if not np.isnan(v)] or [yy]
-      lo.append(yy - min(vals))
-      hi.append(max(vals) - yy)
-    ax.errorbar(x + (i - 0.5) * 0.01, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
-                fmt='o-', capsize=3, color=('tab:blue', 'tab:orange')[i],
-                label=f'{mode} (pooled; bars: per label)')
+  _pooled_with_spread(ax, x, rows, 'per_label', 'per label', 0.01)
   paper = record['paper_all_labels_auroc']
   ax.axhline(paper['value'], color='grey', ls=':', label=f"paper at 100%: >= {paper['value']}")
   ax.set_xlim(0, 1.05)
@@ -233,16 +238,7 @@ def multi_trigger(record: dict, extras: dict) -> Figure:
   rows = record['rows']
   fig, ax = _line_axes('triggers into the one target label', 'AUROC')
   x = np.array([r['num_triggers'] for r in rows], float)
-  for i, mode in enumerate(('data-free', 'data-limited')):
-    y = np.array([r[mode] for r in rows])
-    lo, hi = [], []
-    for r, yy in zip(rows, y):
-      vals = [v for v in r['per_trigger'][mode] if not np.isnan(v)] or [yy]
-      lo.append(yy - min(vals))
-      hi.append(max(vals) - yy)
-    ax.errorbar(x + (i - 0.5) * 0.05, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
-                fmt='o-', capsize=3, color=('tab:blue', 'tab:orange')[i],
-                label=f'{mode} (pooled; bars: per trigger)')
+  _pooled_with_spread(ax, x, rows, 'per_trigger', 'per trigger', 0.05)
   ax.set_xticks(sorted(set(x)))
   ax.legend(fontsize=7)
   return fig

@@ -211,6 +211,15 @@ def adaptive(record: dict, extras: dict) -> list[str]:
   return lines
 
 
+def _spread(parts: dict) -> dict:
+  """``{mode: 'min–max'}`` of the non-NaN AUROCs per mode ('–' where none)."""
+  out = {}
+  for m in ('data-free', 'data-limited'):
+    vals = [v for v in parts[m] if not np.isnan(v)]
+    out[m] = f'{min(vals):.3f}–{max(vals):.3f}' if vals else '–'
+  return out
+
+
 def multi_label(record: dict, extras: dict) -> list[str]:
   """Pooled and per-label AUROC per model, by the number of infected labels."""
   del extras
@@ -221,10 +230,7 @@ def multi_label(record: dict, extras: dict) -> list[str]:
            'per label) | AUROC data-limited (pooled / per label) |',
            '|---|---:|---:|---:|---|---:|---:|']
   for r in record['rows']:
-    spread = {}
-    for m in ('data-free', 'data-limited'):
-      vals = [v for v in r['per_label'][m] if not np.isnan(v)]
-      spread[m] = f'{min(vals):.3f}–{max(vals):.3f}' if vals else '–'
+    spread = _spread(r['per_label'])
     asr = ' '.join(f"{label}:{a:.2f}" for label, a in zip(r['labels'], r['asr']))
     lines.append(f"| {Path(r['ckpt']).name} | {r['num_infected']}/{r['num_classes']} | "
                  f"{r['epochs']} | {r['ba']:.3f} | {asr} | {_fmt(r['data-free'])} / "
@@ -247,10 +253,7 @@ def multi_trigger(record: dict, extras: dict) -> list[str]:
            '(pooled / per trigger) | AUROC data-limited (pooled / per trigger) |',
            '|---|---:|---:|---:|---:|---|---:|---:|']
   for r in record['rows']:
-    spread = {}
-    for m in ('data-free', 'data-limited'):
-      vals = [v for v in r['per_trigger'][m] if not np.isnan(v)]
-      spread[m] = f'{min(vals):.3f}–{max(vals):.3f}' if vals else '–'
+    spread = _spread(r['per_trigger'])
     asr = ' '.join(f'{a:.3f}' for a in r['asr_per_trigger'])
     lines.append(f"| {Path(r['ckpt']).name} | {r['num_triggers']} | {r['poison_rate']:g} | "
                  f"{r['epochs']} | {r['ba']:.3f} | {asr} | {_fmt(r['data-free'])} / "
