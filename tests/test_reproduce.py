@@ -324,11 +324,12 @@ def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   fake_run(base, sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE)
   fake_run('r01', 0.01, sweep_cfg.BASE_SIZE)
   fake_run('s5', sweep_cfg.BASE_RATE, 5)
-  fake_run('other', 0.01, 5)  # on neither sweep's axis
+  fake_run('lowrate_s5', 0.01, 5)  # a stronger trigger for a low-rate point: Fig. 7b only
+  fake_run('other', sweep_cfg.BASE_RATE * 2, 5)  # on neither sweep's axis
   fake_run('blend', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='blended')
   fake_run('phys', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='physical')
   fake_run('unfinished', 0.02, sweep_cfg.BASE_SIZE, finished=False)
-  assert [p.name for p in reproduce.sweep_models('rate', tmp_path)] == [base, 'r01']
+  assert [p.name for p in reproduce.sweep_models('rate', tmp_path)] == [base, 'lowrate_s5', 'r01']
   # Fig. 7a has a PhysicalBA curve; Fig. 7b is BadNets only.
   assert [p.name for p in reproduce.sweep_models('size', tmp_path)] == [base, 'phys', 's5']
   assert reproduce.sweep_models('rate', tmp_path / 'absent') == []
@@ -404,3 +405,19 @@ def test_sweep_keeps_attacks_and_augmentation_apart(tmp_path):
   out = reproduce.render(tmp_path, 'trigger_size', outcome, 'cmd')
   assert '| p3 | 3 | physical, 6 epochs, no crop+flip | 1.000 |' in (tmp_path / 'trigger_size.md').read_text()
   assert out['rows'][3]['attack'] == 'physical' and out['rows'][3]['augment'] is False
+
+
+def test_rate_sweep_draws_another_trigger_size_as_its_own_curve(tmp_path):
+  """Fig. 7b's low-rate point with a 5x5 trigger is not on the 3x3 curve: its schedule
+  names the size; the trigger-size sweep, whose x axis is the size, never does."""
+  size = lambda s: {'attack_kwargs': {'size': s}, 'augment': False}
+  runs = {tmp_path / 'r0.1': (0.1, 6, True, size(3)), tmp_path / 'r0.02': (0.02, 6, False, size(3)),
+          tmp_path / 'r0.004_s5': (0.004, 6, True, size(5))}
+  outcome = experiments._sweep(_stub_sweep_ctx(tmp_path, runs), list(runs), 'poison_rate',
+                               lambda c: c.poison_rate, all_poisoned=True, size_in_schedule=True)
+  assert outcome.extras['schedules'] == ['badnets, 6 epochs, no crop+flip',
+                                         'badnets, 6 epochs, no crop+flip, 5x5 trigger']
+  assert [Path(r['ckpt']).name for r in outcome.record['rows']] == ['r0.02', 'r0.1', 'r0.004_s5']
+  by_size = experiments._sweep(_stub_sweep_ctx(tmp_path, runs), list(runs), 'trigger_size',
+                               lambda c: c.attack_kwargs['size'])
+  assert by_size.extras['schedules'] == ['badnets, 6 epochs, no crop+flip']

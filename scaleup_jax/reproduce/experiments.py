@@ -697,22 +697,33 @@ def _existing(paths, flag: str, what: str) -> list[Path]:
   return [Path(p) for p in paths]
 
 
-def schedule_name(config) -> str:
-  """How a sweep model was trained, as one label: attack, epochs, and crop+flip if off."""
+def _patch_size(config):
+  kwargs = getattr(config, 'attack_kwargs', None) or {}
+  return kwargs.get('size') if hasattr(kwargs, 'get') else None
+
+
+def schedule_name(config, with_size: bool = False) -> str:
+  """How a sweep model was trained, as one label: attack, epochs, and crop+flip if off;
+  with ``with_size`` also its trigger size where it is not the sweep's base size
+  (the poisoning-rate sweep, whose curves each have one trigger)."""
   attack = getattr(config, 'attack', 'badnets')
   epochs = getattr(config, 'num_epochs', None)
   augment = getattr(config, 'augment', True)
+  size = _patch_size(config)
   return (f'{attack}, {"?" if epochs is None else int(epochs)} epochs'
-          + ('' if augment else ', no crop+flip'))
+          + ('' if augment else ', no crop+flip')
+          + (f', {int(size)}x{int(size)} trigger'
+             if with_size and size is not None and size != SWEEP_BASE_SIZE else ''))
 
 
 def _sweep(ctx: Context, paths: list[Path], x_name: str, getter,
-           all_poisoned: bool = False) -> Outcome:
+           all_poisoned: bool = False, size_in_schedule: bool = False) -> Outcome:
   """SCALE-UP AUROC per model of a sweep; with ``all_poisoned`` also with every
   triggered image as a positive (columns ``'<mode> (all)'``).
 
   Rows are sorted by training schedule (:func:`schedule_name`: attack, epochs,
-  crop+flip), then by ``x_name``: models trained on different schedules are
+  crop+flip, and with ``size_in_schedule`` a trigger size other than the base
+  one), then by ``x_name``: models trained on different schedules are
   different curves, never one line. ``extras`` names the columns (``modes``)
   and the schedules in order.
   """
@@ -726,7 +737,7 @@ def _sweep(ctx: Context, paths: list[Path], x_name: str, getter,
            'attack': getattr(config, 'attack', 'badnets'),
            'epochs': None if epochs is None else int(epochs),
            'augment': bool(getattr(config, 'augment', True)),
-           'schedule': schedule_name(config),
+           'schedule': schedule_name(config, with_size=size_in_schedule),
            'asr': float(np.mean(ctx.labels(p)['poisoned'][:, 0] == ev.run.target))}
     if row['asr'] > 0:
       row.update(_aurocs(ctx.scaleup_scores(p)))
@@ -737,7 +748,7 @@ def _sweep(ctx: Context, paths: list[Path], x_name: str, getter,
                   _aurocs(ctx.scaleup_scores(p, all_poisoned=True)).items()})
     rows.append(row)
   rows.sort(key=lambda r: (r['attack'] != 'badnets', r['attack'], not r['augment'],
-                           r['epochs'] is None, r['epochs'] or 0, r[x_name]))
+                           r['epochs'] is None, r['epochs'] or 0, r['schedule'], r[x_name]))
   schedules = list(dict.fromkeys(r['schedule'] for r in rows))
   if all_poisoned:
     modes += [f'{m} (all)' for m in modes]
@@ -750,9 +761,10 @@ SWEEP_ATTACKS = {'rate': ('badnets',), 'size': ('badnets', 'physical')}  # Fig. 
 
 def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
   """Finished sweep runs under ``sweeps``: ``kind='rate'`` gives the BadNets
-  runs with the sweep's base trigger size, ``kind='size'`` the BadNets and
-  PhysicalBA runs with its base rate (:data:`SWEEP_BASE_SIZE`,
-  :data:`SWEEP_BASE_RATE`, the base point of
+  runs with the sweep's base trigger size, and those below its base rate with
+  another size (a stronger trigger for a low-rate point, drawn as its own curve);
+  ``kind='size'`` the BadNets and PhysicalBA runs with its base rate
+  (:data:`SWEEP_BASE_SIZE`, :data:`SWEEP_BASE_RATE`, the base point of
   ``train/configs/badnets_sweep_resnet20.py``; :data:`SWEEP_ATTACKS`)."""
   if not Path(sweeps).is_dir():
     return []
@@ -760,10 +772,12 @@ def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
   for p in compare_lib.zoo_attacked_models(sweeps):
     config = json.loads((p / 'config.json').read_text())
     size = (config.get('attack_kwargs') or {}).get('size')
+    rate = config.get('poison_rate', -1)
     if config.get('attack') not in SWEEP_ATTACKS[kind]:
       continue
-    if (kind == 'rate' and size == SWEEP_BASE_SIZE) or (
-        kind == 'size' and np.isclose(config.get('poison_rate', -1), SWEEP_BASE_RATE)):
+    if kind == 'rate' and (size == SWEEP_BASE_SIZE or rate < SWEEP_BASE_RATE - 1e-9):
+      out.append(p)
+    elif kind == 'size' and np.isclose(rate, SWEEP_BASE_RATE):
       out.append(p)
   return out
 
@@ -780,7 +794,8 @@ def poison_rate(ctx: Context) -> Outcome:
   """SCALE-UP AUROC vs the poisoning rate of the models in ``rate_ckpts``."""
   paths = _sweep_paths(ctx, ctx.opts.rate_ckpts, 'rate', '--rate_ckpts',
                        'attacked models trained at several poisoning rates')
-  return _sweep(ctx, paths, 'poison_rate', lambda c: float(c.poison_rate), all_poisoned=True)
+  return _sweep(ctx, paths, 'poison_rate', lambda c: float(c.poison_rate), all_poisoned=True,
+                size_in_schedule=True)
 
 
 def trigger_size(ctx: Context) -> Outcome:
