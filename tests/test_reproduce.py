@@ -312,12 +312,13 @@ def test_sweep_config_rejects_unknown_overrides(arg):
 
 def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   from train.configs import badnets_sweep_resnet20 as sweep_cfg
-  def fake_run(name, rate, size, attack='badnets', finished=True):
+  def fake_run(name, rate, size, attack='badnets', finished=True, **extra):
     d = tmp_path / name
     (d / 'checkpoints').mkdir(parents=True)
     (d / 'trigger.npz').write_bytes(b'')
     (d / 'config.json').write_text(json.dumps(
-        {'attack': attack, 'poison_rate': rate, 'attack_kwargs': {'size': size}}))
+        {'attack': attack, 'poison_rate': rate, 'attack_kwargs': {'size': size},
+         'target_label': sweep_cfg.SWEEP_TARGET, 'source_classes': [], **extra}))
     if finished:
       (d / 'metrics.json').write_text('{}')
   base = sweep_cfg.workdir_name(sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE)
@@ -329,6 +330,10 @@ def test_sweep_models_split_rate_and_size_sweeps(tmp_path):
   fake_run('blend', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='blended')
   fake_run('phys', sweep_cfg.BASE_RATE, sweep_cfg.BASE_SIZE, attack='physical')
   fake_run('unfinished', 0.02, sweep_cfg.BASE_SIZE, finished=False)
+  # The issue #22 models in the same folder: low rate, other size, but other recipes.
+  fake_run('multi_label_k1', 0.03, 4, target_label=8, infected_labels={'k': 1})
+  fake_run('partial', 0.03, 4, source_classes=[1, 3, 7])
+  fake_run('other_target', 0.03, 4, target_label=8)
   assert [p.name for p in reproduce.sweep_models('rate', tmp_path)] == [base, 'lowrate_s5', 'r01']
   # Fig. 7a has a PhysicalBA curve; Fig. 7b is BadNets only.
   assert [p.name for p in reproduce.sweep_models('size', tmp_path)] == [base, 'phys', 's5']

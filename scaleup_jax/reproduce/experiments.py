@@ -69,6 +69,7 @@ SWEEPS = ZOO / 'sweeps'
 # train/configs/badnets_sweep_resnet20.py trains with it.
 SWEEP_BASE_RATE = 0.1
 SWEEP_BASE_SIZE = 3
+SWEEP_TARGET = 0  # one backdoor into this label; the issue #22 models beside them target 8
 ADAPTIVE_CKPT = ZOO / 'cifar10_adaptive_resnet20'
 MULTI_LABEL_PREFIX = 'multi_label_k'  # zoo/sweeps/multi_label_k<k> (train/configs/multi_label_resnet20.py)
 MULTI_TRIGGER_PREFIX = 'multi_trigger_k'  # zoo/sweeps/multi_trigger_k<k> (multi_trigger_resnet20.py)
@@ -765,16 +766,20 @@ def sweep_models(kind: str, sweeps: Path = SWEEPS) -> list[Path]:
   another size (a stronger trigger for a low-rate point, drawn as its own curve);
   ``kind='size'`` the BadNets and PhysicalBA runs with its base rate
   (:data:`SWEEP_BASE_SIZE`, :data:`SWEEP_BASE_RATE`, the base point of
-  ``train/configs/badnets_sweep_resnet20.py``; :data:`SWEEP_ATTACKS`)."""
+  ``train/configs/badnets_sweep_resnet20.py``; :data:`SWEEP_ATTACKS`). Only
+  single-backdoor runs into :data:`SWEEP_TARGET` count: the multi-label,
+  multi-trigger and partial models that share the folder are other recipes."""
   if not Path(sweeps).is_dir():
     return []
   out = []
   for p in compare_lib.zoo_attacked_models(sweeps):
     config = json.loads((p / 'config.json').read_text())
-    size = (config.get('attack_kwargs') or {}).get('size')
-    rate = config.get('poison_rate', -1)
-    if config.get('attack') not in SWEEP_ATTACKS[kind]:
-      continue
+    kwargs = config.get('attack_kwargs') or {}
+    size, rate = kwargs.get('size'), config.get('poison_rate', -1)
+    if (config.get('attack') not in SWEEP_ATTACKS[kind]
+        or config.get('target_label') != SWEEP_TARGET or kwargs.get('extra_targets')
+        or config.get('source_classes') or config.get('infected_labels')):
+      continue  # not a sweep point: another recipe (several backdoors, partial, other target)
     if kind == 'rate' and (size == SWEEP_BASE_SIZE or rate < SWEEP_BASE_RATE - 1e-9):
       out.append(p)
     elif kind == 'size' and np.isclose(rate, SWEEP_BASE_RATE):

@@ -32,6 +32,7 @@ sweep is those with size ``BASE_SIZE``, the trigger-size sweep those with rate
 """
 
 from scaleup_jax.reproduce import SWEEP_BASE_RATE as BASE_RATE, SWEEP_BASE_SIZE as BASE_SIZE
+from scaleup_jax.reproduce import SWEEP_TARGET
 from scaleup_jax.validation import InputError
 from train.configs import badnets_resnet20, default
 
@@ -44,6 +45,7 @@ def get_config(arg: str = ''):
   config.num_epochs = EPOCHS
   config.poison_rate = BASE_RATE
   config.attack_kwargs.size = BASE_SIZE
+  config.target_label = SWEEP_TARGET  # badnets_resnet20's target; eval.reproduce keys on it
   quick = False
   for part in filter(None, (p.strip() for p in arg.split(','))):
     key, _, value = part.partition('=')
