@@ -53,7 +53,7 @@ def save(fig: Figure, path: Path, command: str) -> str:
     fig.tight_layout(rect=(0, 0.04, 1, 1))
   else:
     fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches='tight')  # keeps a legend beside the panel
   return Path(path).name
 
 
@@ -200,7 +200,11 @@ def sweep(record: dict, extras: dict) -> Figure:
               label=label)
   if x_name == 'poison_rate':
     ax.set_xscale('log')
-  ax.legend(fontsize=7 if len(schedules) == 1 else 6)
+  if len(schedules) > 1:  # many curves: the legend beside the panel, not over the points
+    fig.set_size_inches(9, 3.6)
+    ax.legend(fontsize=6, loc='upper left', bbox_to_anchor=(1.02, 1.0))
+  else:
+    ax.legend(fontsize=7)
   return fig
 
 

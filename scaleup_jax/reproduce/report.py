@@ -186,8 +186,9 @@ def sweep(record: dict, extras: dict) -> list[str]:
     lines += ['', '–: the model sends no poisoned image to the target (ASR 0), so there is no '
               'successful poisoned image to detect.']
   if len(extras['schedules']) > 1:
-    lines += ['', 'Rows are grouped by training schedule (attack, epochs, crop+flip, and a '
-              'trigger size other than the sweep\'s base one); compare points within a '
+    by = ('attack, epochs, crop+flip' + ('' if x_name == 'trigger_size' else
+                                         ', and a trigger size other than the sweep\'s base one'))
+    lines += ['', f'Rows are grouped by training schedule ({by}); compare points within a '
               'schedule. A longer schedule, one without crop+flip, or a larger trigger is used '
               'where the backdoor did not form in the short one.']
   return lines
