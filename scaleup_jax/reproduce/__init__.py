@@ -34,7 +34,8 @@ from scaleup_jax.reproduce.experiments import (ADAPTIVE_CKPT, ALL_SCALES, CLEAN_
                                                DEFAULT_SCALES, FIG2_FACTORS, PAPER_ADAPTIVE_AUROC,
                                                PAPER_AUROC, PAPER_NOTE, SCALE_SETS,
                                                SWEEP_BASE_RATE, SWEEP_BASE_SIZE, SWEEP_TARGET,
-                                               SWEEPS, ZOO, Context, Outcome, ReproduceOptions, Skipped,
+                                               SWEEPS, ZOO, Context, Outcome, ReproduceOptions,
+                                               Skipped,
                                                bootstrap_auroc, label_matrix, noise_label_matrix,
                                                paper_side_by_side, scaled_confidences,
                                                slice_label_matrix, sweep_models)
@@ -45,7 +46,8 @@ __all__ = [
     'ADAPTIVE_CKPT', 'ALL_SCALES', 'CLEAN_CKPT', 'DEFAULT_SCALES', 'EXPERIMENTS', 'FIG2_FACTORS',
     'PAPER_ADAPTIVE_AUROC', 'PAPER_AUROC', 'PAPER_NOTE', 'SCALE_SETS', 'SWEEP_BASE_RATE',
     'SWEEP_BASE_SIZE', 'SWEEP_TARGET', 'SWEEPS', 'ZOO', 'Context', 'Experiment', 'Outcome',
-    'ReproduceOptions',    'Skipped', 'bootstrap_auroc', 'label_matrix', 'noise_label_matrix', 'paper_side_by_side',
+    'ReproduceOptions', 'Skipped', 'bootstrap_auroc', 'label_matrix', 'noise_label_matrix',
+    'paper_side_by_side',
     'paper_table_lines', 'render', 'reproduce', 'resolve_options', 'scaled_confidences',
     'slice_label_matrix', 'summary_markdown', 'sweep_models',
 ]

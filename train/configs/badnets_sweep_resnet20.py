@@ -30,7 +30,8 @@ curve.
 
 ``eval.reproduce`` finds finished runs under ``zoo/sweeps/``: the poisoning-rate
 sweep is those with size ``BASE_SIZE`` (and other sizes below ``BASE_RATE``), the
-trigger-size sweep those with rate ``BASE_RATE``. Append ``,quick`` (or use ``quick`` alone) for a tiny run.
+trigger-size sweep those with rate ``BASE_RATE``. Append ``,quick`` (or use ``quick``
+alone) for a tiny run.
 """
 
 from scaleup_jax.reproduce import SWEEP_BASE_RATE as BASE_RATE, SWEEP_BASE_SIZE as BASE_SIZE
