@@ -700,8 +700,7 @@ def _existing(paths, flag: str, what: str) -> list[Path]:
 
 def _patch_size(config):
   """``config.attack_kwargs.size`` (the patch side in pixels), or None where there is none."""
-  kwargs = getattr(config, 'attack_kwargs', None) or {}
-  return kwargs.get('size') if hasattr(kwargs, 'get') else None
+  return (getattr(config, 'attack_kwargs', None) or {}).get('size')
 
 
 def schedule_name(config, with_size: bool = False) -> str:
